@@ -1,0 +1,467 @@
+//! Dataset layouts: paired folders, PASCAL VOC, YOLO segmentation exports and the built-in
+//! synthetic set. [`Dataset::open`] finds the files and pairs them; loading happens per sample.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::classes::{ClassSet, read_class_names, read_yaml_names};
+use crate::error::{DataError, Result};
+use crate::image_io::{ImageBuf, read_image};
+use crate::mask::{MaskEncoding, read_labels};
+use crate::synth::{synth_classes, synth_sample};
+use crate::yolo;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// Detect from the folder.
+    Auto,
+    /// An image folder and a mask folder matched by file stem.
+    Paired,
+    /// PASCAL VOC: JPEGImages/, SegmentationClass(PNG)/, ImageSets/Segmentation/.
+    Voc,
+    /// YOLO segmentation labels: images/, labels/, data.yaml.
+    Yolo,
+    /// The built-in synthetic shapes; needs no files.
+    Synthetic,
+}
+
+impl std::fmt::Display for DataFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataFormat::Auto => "auto",
+            DataFormat::Paired => "paired folders",
+            DataFormat::Voc => "PASCAL VOC",
+            DataFormat::Yolo => "YOLO segmentation",
+            DataFormat::Synthetic => "synthetic",
+        })
+    }
+}
+
+/// The `[data]` section of a run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub format: DataFormat,
+    /// Dataset folder, relative to the config file; unused for synthetic data.
+    pub root: String,
+    pub train_split: String,
+    pub val_split: String,
+    /// When the dataset has a single split, the last `val_fraction` of it (in file order) is
+    /// held out for validation.
+    pub val_fraction: f64,
+    /// Mask file stem = image stem + this (Carvana: "_mask").
+    pub mask_suffix: String,
+    pub mask_encoding: MaskEncoding,
+    /// Class names; empty: from the dataset (class_names.txt, data.yaml) or numbered.
+    pub class_names: Vec<String>,
+    /// Number of classes when no names are given anywhere (0: from the names).
+    pub num_classes: usize,
+    /// Label that counts nowhere (void): 255 in VOC, 11 in CamVid.
+    pub ignore_index: u8,
+    /// YOLO: -1 prepends a "background" class 0 and shifts the label ids by one; a class id
+    /// keeps the ids and fills uncovered pixels with that class.
+    pub yolo_background: i64,
+    pub synth_size: usize,
+    pub synth_train: usize,
+    pub synth_val: usize,
+    pub seed: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            format: DataFormat::Synthetic,
+            root: String::new(),
+            train_split: "train".into(),
+            val_split: "val".into(),
+            val_fraction: 0.2,
+            mask_suffix: String::new(),
+            mask_encoding: MaskEncoding::Auto,
+            class_names: Vec::new(),
+            num_classes: 0,
+            ignore_index: 255,
+            yolo_background: -1,
+            synth_size: 64,
+            synth_train: 256,
+            synth_val: 64,
+            seed: 42,
+        }
+    }
+}
+
+/// Where a sample's mask comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MaskSource {
+    File(PathBuf),
+    /// A YOLO label file, rasterised at load time.
+    Polygons(PathBuf),
+    /// Synthetic sample number.
+    Synthetic(u64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRef {
+    pub id: String,
+    pub image: Option<PathBuf>,
+    pub mask: MaskSource,
+}
+
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub name: String,
+    pub samples: Vec<SampleRef>,
+    /// Files that could not be paired, as messages naming them.
+    pub orphans: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub format: DataFormat,
+    pub root: PathBuf,
+    pub classes: ClassSet,
+    pub encoding: MaskEncoding,
+    pub splits: Vec<Split>,
+    config: DataConfig,
+    /// YOLO ids are shifted by this when rasterised.
+    yolo_shift: u8,
+    yolo_fill: u8,
+}
+
+const IMAGE_EXT: [&str; 7] = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"];
+
+fn is_image(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXT.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Files in `dir` accepted by `keep`, sorted by name.
+fn list(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        let p = entry.path();
+        if p.is_file() && keep(&p) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Pairs images and masks by stem (mask stem = image stem + suffix, or the same stem, or
+/// + "_mask"); what does not pair is reported.
+fn pair(images: Vec<PathBuf>, masks: Vec<PathBuf>, suffix: &str, polygons: bool) -> (Vec<SampleRef>, Vec<String>) {
+    let mut by_stem: BTreeMap<String, PathBuf> = masks.into_iter().map(|m| (stem(&m), m)).collect();
+    let mut samples = Vec::new();
+    let mut orphans = Vec::new();
+    for img in images {
+        let s = stem(&img);
+        let key = [format!("{s}{suffix}"), s.clone(), format!("{s}_mask")].into_iter().find(|k| by_stem.contains_key(k));
+        match key.and_then(|k| by_stem.remove(&k)) {
+            Some(m) => {
+                let mask = if polygons { MaskSource::Polygons(m) } else { MaskSource::File(m) };
+                samples.push(SampleRef { id: s, image: Some(img), mask });
+            }
+            None => orphans.push(format!("{}: image without mask", img.display())),
+        }
+    }
+    for m in by_stem.into_values() {
+        orphans.push(format!("{}: mask without image", m.display()));
+    }
+    (samples, orphans)
+}
+
+impl Dataset {
+    /// Finds the dataset described by `config`; `root` is the resolved dataset folder.
+    pub fn open(config: &DataConfig, root: &Path) -> Result<Dataset> {
+        let format = match config.format {
+            DataFormat::Auto => detect_format(root)?,
+            f => f,
+        };
+        let mut ds = Dataset {
+            format,
+            root: root.to_path_buf(),
+            classes: ClassSet::numbered(0, config.ignore_index),
+            encoding: config.mask_encoding,
+            splits: Vec::new(),
+            config: config.clone(),
+            yolo_shift: 0,
+            yolo_fill: 0,
+        };
+        if format != DataFormat::Synthetic && !root.is_dir() {
+            return Err(DataError::layout(root, "dataset folder not found"));
+        }
+        let mut names = config.class_names.clone();
+        match format {
+            DataFormat::Synthetic => {
+                ds.classes = synth_classes();
+                let n = [(config.train_split.clone(), config.synth_train, 0u64), (config.val_split.clone(), config.synth_val, 1 << 32)];
+                for (name, count, offset) in n {
+                    let samples = (0..count as u64)
+                        .map(|i| SampleRef { id: format!("synth{:06}", offset + i), image: None, mask: MaskSource::Synthetic(offset + i) })
+                        .collect();
+                    ds.splits.push(Split { name, samples, orphans: Vec::new() });
+                }
+                return Ok(ds);
+            }
+            DataFormat::Paired => ds.splits = paired_splits(root, &config.mask_suffix)?,
+            DataFormat::Voc => {
+                ds.splits = voc_splits(root)?;
+                if names.is_empty() && !root.join("class_names.txt").exists() {
+                    names = VOC_CLASSES.iter().map(|s| s.to_string()).collect();
+                }
+            }
+            DataFormat::Yolo => {
+                ds.splits = yolo_splits(root)?;
+                let yaml = root.join("data.yaml");
+                if names.is_empty() && yaml.exists() {
+                    names = read_yaml_names(&yaml)?;
+                }
+                if config.yolo_background < 0 {
+                    names.insert(0, "background".into());
+                    ds.yolo_shift = 1;
+                } else {
+                    ds.yolo_fill = config.yolo_background as u8;
+                }
+            }
+            DataFormat::Auto => unreachable!("resolved above"),
+        }
+        if names.is_empty() {
+            let file = root.join("class_names.txt");
+            if file.exists() {
+                names = read_class_names(&file)?;
+            }
+        }
+        ds.classes = if !names.is_empty() {
+            ClassSet::new(names, config.ignore_index)
+        } else if config.num_classes > 0 {
+            ClassSet::numbered(config.num_classes, config.ignore_index)
+        } else {
+            return Err(DataError::layout(
+                root,
+                "no class names found: add class_names.txt to the dataset, or set data.class_names or data.num_classes",
+            ));
+        };
+        if ds.splits.iter().all(|s| s.samples.is_empty()) {
+            return Err(DataError::layout(root, format!("no image/mask pairs found ({format} layout)")));
+        }
+        Ok(ds)
+    }
+
+    /// The samples of split `name`. A dataset with one split serves the train and val splits
+    /// from it: the last `val_fraction` (in file order) is val, the rest train.
+    pub fn split(&self, name: &str) -> Result<Vec<SampleRef>> {
+        if let Some(s) = self.splits.iter().find(|s| s.name == name) {
+            return Ok(s.samples.clone());
+        }
+        if name == "val" {
+            if let Some(s) = self.splits.iter().find(|s| s.name == "valid") {
+                return Ok(s.samples.clone());
+            }
+        }
+        if self.splits.len() == 1 && (name == self.config.train_split || name == self.config.val_split) {
+            let all = &self.splits[0].samples;
+            let n_val = ((all.len() as f64 * self.config.val_fraction).ceil() as usize).clamp(1, all.len().saturating_sub(1).max(1));
+            let cut = all.len() - n_val;
+            return Ok(if name == self.config.train_split { all[..cut].to_vec() } else { all[cut..].to_vec() });
+        }
+        let have: Vec<&str> = self.splits.iter().map(|s| s.name.as_str()).collect();
+        Err(DataError::layout(&self.root, format!("no split `{name}` (this dataset has: {})", have.join(", "))))
+    }
+
+    /// Loads one sample: image with `channels` channels and class-index labels of the same size.
+    pub fn load(&self, sample: &SampleRef, channels: usize) -> Result<(ImageBuf, Vec<u8>)> {
+        if let MaskSource::Synthetic(i) = sample.mask {
+            return Ok(synth_sample(self.config.seed, i, self.config.synth_size, channels));
+        }
+        let image_path = sample.image.as_ref().expect("file samples have an image");
+        let img = read_image(image_path, channels)?;
+        let (w, h, labels) = match &sample.mask {
+            MaskSource::File(p) => {
+                let (w, h, l) = read_labels(p, self.encoding, &self.classes)?;
+                (w, h, l)
+            }
+            MaskSource::Polygons(p) => {
+                let n_yolo = self.classes.len() - self.yolo_shift as usize;
+                // An image without a label file has no objects, as YOLO reads it.
+                let mut polys = if p.exists() { yolo::read_labels(p, n_yolo)? } else { Vec::new() };
+                for poly in &mut polys {
+                    poly.class += self.yolo_shift;
+                }
+                (img.width, img.height, yolo::rasterize(&polys, img.width, img.height, self.yolo_fill))
+            }
+            MaskSource::Synthetic(_) => unreachable!(),
+        };
+        if (w, h) != (img.width, img.height) {
+            let path = match &sample.mask {
+                MaskSource::File(p) | MaskSource::Polygons(p) => p.clone(),
+                MaskSource::Synthetic(_) => image_path.clone(),
+            };
+            return Err(DataError::SizeMismatch {
+                path,
+                image_w: img.width as u32,
+                image_h: img.height as u32,
+                mask_w: w as u32,
+                mask_h: h as u32,
+            });
+        }
+        Ok((img, labels))
+    }
+}
+
+pub const VOC_CLASSES: [&str; 21] = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+];
+
+/// Which layout a folder holds.
+pub fn detect_format(root: &Path) -> Result<DataFormat> {
+    if !root.is_dir() {
+        return Err(DataError::layout(root, "dataset folder not found"));
+    }
+    if root.join("JPEGImages").is_dir() {
+        return Ok(DataFormat::Voc);
+    }
+    let has_txt = |d: PathBuf| d.is_dir() && list(&d, |p| p.extension().is_some_and(|e| e == "txt")).is_ok_and(|v| !v.is_empty());
+    if root.join("data.yaml").is_file()
+        || has_txt(root.join("labels"))
+        || ["train", "valid", "val"].iter().any(|s| has_txt(root.join(s).join("labels")))
+    {
+        return Ok(DataFormat::Yolo);
+    }
+    if !paired_candidates(root, "").is_empty() {
+        return Ok(DataFormat::Paired);
+    }
+    Err(DataError::layout(
+        root,
+        "cannot tell the layout: expected image/label, images/masks, train/trainannot (+ val/valannot), \
+         JPEGImages/SegmentationClass (VOC) or images/labels with data.yaml (YOLO); --format forces one",
+    ))
+}
+
+const SPLITS: [&str; 4] = ["train", "val", "valid", "test"];
+
+/// (split name, image folder, mask folder) triples found under `root`.
+fn paired_candidates(root: &Path, _suffix: &str) -> Vec<(String, PathBuf, PathBuf)> {
+    let mut out = Vec::new();
+    for s in SPLITS {
+        let img = root.join(s);
+        for m in [format!("{s}annot"), format!("{s}_masks"), format!("{s}_labels"), format!("{s}label")] {
+            if img.is_dir() && root.join(&m).is_dir() {
+                out.push((s.to_string(), img.clone(), root.join(&m)));
+                break;
+            }
+        }
+        for (i, m) in [("images", "masks"), ("image", "label"), ("images", "labels"), ("img", "mask")] {
+            if root.join(s).join(i).is_dir() && root.join(s).join(m).is_dir() {
+                out.push((s.to_string(), root.join(s).join(i), root.join(s).join(m)));
+                break;
+            }
+        }
+    }
+    if out.is_empty() {
+        for (i, m) in [("image", "label"), ("images", "masks"), ("images", "labels"), ("img", "mask"), ("imgs", "masks"), ("image", "mask")] {
+            if root.join(i).is_dir() && root.join(m).is_dir() {
+                out.push(("all".to_string(), root.join(i), root.join(m)));
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn paired_splits(root: &Path, suffix: &str) -> Result<Vec<Split>> {
+    let cands = paired_candidates(root, suffix);
+    if cands.is_empty() {
+        return Err(DataError::layout(root, "no image/mask folder pair found (e.g. image/ + label/, train/ + trainannot/)"));
+    }
+    cands
+        .into_iter()
+        .map(|(name, img_dir, mask_dir)| {
+            let (samples, orphans) = pair(list(&img_dir, is_image)?, list(&mask_dir, is_image)?, suffix, false);
+            Ok(Split { name, samples, orphans })
+        })
+        .collect()
+}
+
+fn voc_splits(root: &Path) -> Result<Vec<Split>> {
+    let mask_dir = ["SegmentationClass", "SegmentationClassPNG"]
+        .iter()
+        .map(|d| root.join(d))
+        .find(|d| d.is_dir())
+        .ok_or_else(|| DataError::layout(root, "VOC layout without SegmentationClass/ or SegmentationClassPNG/"))?;
+    let img_dir = root.join("JPEGImages");
+    let sets = root.join("ImageSets").join("Segmentation");
+    let mut splits = Vec::new();
+    for s in ["train", "val", "trainval", "test"] {
+        let file = sets.join(format!("{s}.txt"));
+        if !file.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| DataError::io(&file, e))?;
+        let mut samples = Vec::new();
+        let mut orphans = Vec::new();
+        for (i, id) in text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty()) {
+            let img = IMAGE_EXT.iter().map(|e| img_dir.join(format!("{id}.{e}"))).find(|p| p.is_file());
+            let mask = mask_dir.join(format!("{id}.png"));
+            match (img, mask.is_file()) {
+                (Some(img), true) => samples.push(SampleRef { id: id.into(), image: Some(img), mask: MaskSource::File(mask) }),
+                (None, _) => orphans.push(format!("{}:{}: image {id} not found in JPEGImages/", file.display(), i + 1)),
+                (_, false) => orphans.push(format!("{}:{}: mask {} not found", file.display(), i + 1, mask.display())),
+            }
+        }
+        splits.push(Split { name: s.into(), samples, orphans });
+    }
+    if splits.is_empty() {
+        let (samples, orphans) = pair(list(&img_dir, is_image)?, list(&mask_dir, is_image)?, "", false);
+        // Without ImageSets, JPEGImages may hold many unlabelled images: only masks define samples.
+        let orphans = orphans.into_iter().filter(|o| !o.ends_with("image without mask")).collect();
+        splits.push(Split { name: "all".into(), samples, orphans });
+    }
+    Ok(splits)
+}
+
+fn yolo_splits(root: &Path) -> Result<Vec<Split>> {
+    let mut cands: Vec<(String, PathBuf, PathBuf)> = Vec::new();
+    for s in SPLITS {
+        if root.join(s).join("images").is_dir() && root.join(s).join("labels").is_dir() {
+            cands.push((s.into(), root.join(s).join("images"), root.join(s).join("labels")));
+        } else if root.join("images").join(s).is_dir() && root.join("labels").join(s).is_dir() {
+            cands.push((s.into(), root.join("images").join(s), root.join("labels").join(s)));
+        }
+    }
+    if cands.is_empty() && root.join("images").is_dir() && root.join("labels").is_dir() {
+        cands.push(("all".into(), root.join("images"), root.join("labels")));
+    }
+    if cands.is_empty() {
+        return Err(DataError::layout(root, "YOLO layout without images/ and labels/ folders"));
+    }
+    cands
+        .into_iter()
+        .map(|(name, img_dir, lbl_dir)| {
+            let labels = list(&lbl_dir, |p| p.extension().is_some_and(|e| e == "txt"))?;
+            let (samples, orphans) = pair(list(&img_dir, is_image)?, labels, "", true);
+            // An image without a label file is an image with no objects, as YOLO reads it.
+            let mut samples = samples;
+            let mut kept = Vec::new();
+            for o in orphans {
+                if let Some(img) = o.strip_suffix(": image without mask") {
+                    let img = PathBuf::from(img);
+                    let empty = lbl_dir.join(format!("{}.txt", stem(&img)));
+                    samples.push(SampleRef { id: stem(&img), image: Some(img), mask: MaskSource::Polygons(empty) });
+                } else {
+                    kept.push(o);
+                }
+            }
+            samples.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(Split { name, samples, orphans: kept })
+        })
+        .collect()
+}
