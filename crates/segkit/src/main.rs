@@ -1,1 +1,49 @@
-fn main() {}
+//! `segkit`: train, evaluate and inspect FCN and U-Net segmentation models.
+//!
+//! A thin layer over the libraries: argument parsing, printing, progress bars and Ctrl-C. Only
+//! this crate prints; one file per subcommand.
+
+mod data;
+mod eval;
+mod progress;
+mod summary;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "segkit", version, about = "Train FCN-32s/16s/8s and U-Net semantic segmentation from scratch (Burn)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per-layer table, parameters and forward FLOPs of a model.
+    Summary(summary::Args),
+    /// Check a dataset, or write the built-in synthetic data to disk.
+    #[command(subcommand)]
+    Data(data::Command),
+    /// Train a model (no CONFIG: the quick start on built-in synthetic data).
+    Train(train::Args),
+    /// Evaluate a run's checkpoint on a split: the four FCN metrics, Dice and per-class IoU.
+    Eval(eval::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Summary(a) => summary::run(a),
+        Command::Data(c) => data::run(c),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

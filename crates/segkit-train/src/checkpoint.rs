@@ -1,0 +1,155 @@
+//! Checkpoints: one safetensors file holding the model's tensors (`model.<path>`), the optimiser
+//! state (`optim.<path>/<slot>`) and, as metadata, the resolved config, the class list and the
+//! training state (step, epoch, position in the epoch, best metric, metric history). One file,
+//! written atomically, so a checkpoint is either the old one or the new one, never half.
+//!
+//! The data-loading RNG needs no state: every augmentation is seeded by (seed, epoch, position),
+//! and dropout is re-seeded from (seed, step) at every step.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::params::HostTensor;
+use crate::{TrainError, write_atomic};
+
+const FORMAT: &str = "segkit-checkpoint-1";
+
+/// One row of `metrics.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub step: usize,
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub pixel_acc: f64,
+    pub mean_acc: f64,
+    pub mean_iou: f64,
+    pub fw_iou: f64,
+    pub mean_dice: f64,
+    pub lr: f64,
+    pub elapsed_s: f64,
+}
+
+impl MetricsRow {
+    pub const HEADER: &'static str =
+        "step,epoch,train_loss,val_loss,pixel_acc,mean_acc,mean_iou,fw_iou,mean_dice,lr,elapsed_s";
+
+    pub fn csv(&self) -> String {
+        format!(
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.1}",
+            self.step,
+            self.epoch,
+            self.train_loss,
+            self.val_loss,
+            self.pixel_acc,
+            self.mean_acc,
+            self.mean_iou,
+            self.fw_iou,
+            self.mean_dice,
+            self.lr,
+            self.elapsed_s
+        )
+    }
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps taken.
+    pub step: usize,
+    /// The epoch in progress.
+    pub epoch: usize,
+    /// The next batch of that epoch.
+    pub batch: usize,
+    pub best_miou: f64,
+    pub best_step: usize,
+    pub elapsed_s: f64,
+    pub optim_steps: u64,
+    pub history: Vec<MetricsRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClassInfo {
+    pub names: Vec<String>,
+    pub colors: Vec<[u8; 3]>,
+    pub ignore_index: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub model: BTreeMap<String, HostTensor>,
+    pub optim: BTreeMap<String, HostTensor>,
+    /// The resolved run config, as TOML.
+    pub config: String,
+    pub classes: ClassInfo,
+    pub state: TrainState,
+}
+
+fn bytes_of(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl Checkpoint {
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (k, t) in &self.model {
+            owned.push((format!("model.{k}"), t.shape.clone(), bytes_of(&t.values)));
+        }
+        for (k, t) in &self.optim {
+            owned.push((format!("optim.{k}"), t.shape.clone(), bytes_of(&t.values)));
+        }
+        let views = owned
+            .iter()
+            .map(|(k, s, b)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+            .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+        let meta = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("config".to_string(), self.config.clone()),
+            ("classes".to_string(), serde_json::to_string(&self.classes).expect("serialisable")),
+            ("state".to_string(), serde_json::to_string(&self.state).expect("serialisable")),
+        ]);
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+        write_atomic(path, &bytes)
+    }
+
+    pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
+        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        let bad = |m: String| TrainError::checkpoint(path, m);
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(bad("not a segkit checkpoint (no segkit metadata); exported weights go through `segkit predict`".into()));
+        }
+        let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata `{k}` missing")));
+        let classes: ClassInfo = serde_json::from_str(&field("classes")?).map_err(|e| bad(format!("classes: {e}")))?;
+        let state: TrainState = serde_json::from_str(&field("state")?).map_err(|e| bad(format!("state: {e}")))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let mut model = BTreeMap::new();
+        let mut optim = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let values = read_f32(&view).map_err(|m| bad(format!("{name}: {m}")))?;
+            let t = HostTensor { shape: view.shape().to_vec(), values };
+            if let Some(k) = name.strip_prefix("model.") {
+                model.insert(k.to_string(), t);
+            } else if let Some(k) = name.strip_prefix("optim.") {
+                optim.insert(k.to_string(), t);
+            }
+        }
+        Ok(Checkpoint { model, optim, config: field("config")?, classes, state })
+    }
+}
+
+/// The values of an F32, F16 or BF16 tensor as f32.
+pub fn read_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
+    let d = view.data();
+    match view.dtype() {
+        Dtype::F32 => Ok(d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        Dtype::F16 => Ok(d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+        Dtype::BF16 => Ok(d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+        other => Err(format!("unsupported dtype {other:?}")),
+    }
+}

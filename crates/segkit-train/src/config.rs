@@ -1,0 +1,224 @@
+//! Run configs: flat, complete TOML files (`configs/*.toml`).
+//!
+//! Every section denies unknown keys, so a typo is an error naming the key. `--set key=value`
+//! overrides any key before the file is read into types, so overrides are checked the same way.
+//! The resolved config (overrides applied, paths absolute) is written into every run directory.
+
+use std::path::{Path, PathBuf};
+
+use segkit_data::{AugmentConfig, DataConfig, DataFormat};
+use segkit_models::{ModelConfig, ModelKind};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::loss::Reduction;
+use crate::optim::{OptimSettings, OptimizerKind, Schedule};
+
+/// The quick start: a small padded U-Net on the built-in synthetic shapes.
+pub const QUICKSTART: &str = include_str!("../../../configs/quickstart.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run directory name under `train.out_dir`.
+    pub name: String,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub augment: AugmentConfig,
+    pub train: TrainConfig,
+}
+
+/// The `[train]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// auto | cpu | wgpu | vulkan
+    pub device: String,
+    pub epochs: usize,
+    /// Stop after this many optimiser steps (0: run all epochs).
+    pub max_steps: usize,
+    pub batch_size: usize,
+    /// Gradient accumulation: batches per optimiser step (the FCN reference's `iter_size`).
+    pub accum_steps: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub bias_lr_mult: f64,
+    pub bias_decay: bool,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    pub poly_power: f64,
+    pub step_size: usize,
+    pub step_gamma: f64,
+    pub loss: Reduction,
+    /// Class weights of the loss; empty: none, unless `median_frequency`.
+    pub class_weights: Vec<f64>,
+    /// Compute median-frequency class weights from the training split.
+    pub median_frequency: bool,
+    /// Validate every this many epochs.
+    pub val_every: usize,
+    /// Also write the last checkpoint every this many optimiser steps (0: at validations only).
+    pub checkpoint_every: usize,
+    /// Loader threads.
+    pub workers: usize,
+    pub prefetch: usize,
+    pub seed: u64,
+    /// A run directory or checkpoint to initialise from, matching layers by name (staged FCN).
+    pub init_from: String,
+    /// Validation images in the `val_samples.png` grid.
+    pub grid_images: usize,
+    /// Where run directories go.
+    pub out_dir: String,
+}
+
+impl RunConfig {
+    /// Reads `path` with `overrides` (`key=value`, dotted keys) applied; relative dataset paths
+    /// are resolved against the file's folder.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &path.display().to_string(), overrides, &base)
+    }
+
+    /// The built-in quick start, with `overrides`.
+    pub fn quickstart(overrides: &[String]) -> Result<RunConfig, TrainError> {
+        Self::parse(QUICKSTART, "configs/quickstart.toml (built in)", overrides, Path::new("."))
+    }
+
+    pub fn parse(text: &str, origin: &str, overrides: &[String], base: &Path) -> Result<RunConfig, TrainError> {
+        let bad = |m: String| TrainError::Config(format!("{origin}: {m}"));
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut table, o).map_err(|m| TrainError::Config(format!("--set {o}: {m}")))?;
+        }
+        let mut cfg: RunConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        if cfg.data.format != DataFormat::Synthetic && !cfg.data.root.is_empty() {
+            let root = PathBuf::from(&cfg.data.root);
+            // A root given on the command line is relative to where the user runs segkit.
+            let from_cli = overrides.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == "data.root"));
+            if root.is_relative() {
+                let joined = if from_cli { root.clone() } else { base.join(&root) };
+                cfg.data.root = std::fs::canonicalize(&joined).unwrap_or(joined).display().to_string();
+            }
+        }
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.model.validate().map_err(|e| e.to_string())?;
+        let t = &self.train;
+        if t.batch_size == 0 || t.accum_steps == 0 {
+            return Err("train.batch_size and train.accum_steps must be at least 1".into());
+        }
+        if t.epochs == 0 && t.max_steps == 0 {
+            return Err("set train.epochs or train.max_steps".into());
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err("train.lr must be positive".into());
+        }
+        if !["auto", "cpu", "wgpu", "vulkan"].contains(&t.device.as_str()) {
+            return Err(format!("train.device = {:?}: expected auto, cpu, wgpu or vulkan", t.device));
+        }
+        if self.augment.scale_min <= 0.0 || self.augment.scale_max < self.augment.scale_min {
+            return Err("augment.scale_min must be positive and at most augment.scale_max".into());
+        }
+        if self.model.model == ModelKind::Unet && self.augment.crop == 0 {
+            return Err("U-Net trains on crops: set augment.crop (the output tile size)".into());
+        }
+        if self.data.format != DataFormat::Synthetic && self.data.root.is_empty() {
+            return Err("data.root is empty: set it to the dataset folder".into());
+        }
+        if !t.class_weights.is_empty() && t.class_weights.len() != self.model.classes {
+            return Err(format!(
+                "train.class_weights has {} entries but the model has {} classes",
+                t.class_weights.len(),
+                self.model.classes
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn optim_settings(&self) -> OptimSettings {
+        let t = &self.train;
+        OptimSettings {
+            kind: t.optimizer,
+            momentum: t.momentum,
+            weight_decay: t.weight_decay,
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: t.eps,
+            bias_lr_mult: t.bias_lr_mult,
+            bias_decay: t.bias_decay,
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a RunConfig serialises")
+    }
+}
+
+/// Sets dotted `key` in `table` to `value`, read as a TOML value (a bare word is a string).
+fn apply_override(table: &mut toml::Table, kv: &str) -> Result<(), String> {
+    let (key, value) = kv.split_once('=').ok_or("expected key=value")?;
+    let (key, value) = (key.trim(), value.trim());
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").expect("parsed"),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let (last, sections) = parts.split_last().ok_or("empty key")?;
+    let mut t = table;
+    for s in sections {
+        t = t
+            .entry(s.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{s}` is not a section"))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quickstart_parses_and_overrides_apply() {
+        let cfg = RunConfig::quickstart(&[]).unwrap();
+        assert_eq!(cfg.data.format, DataFormat::Synthetic);
+        let cfg = RunConfig::quickstart(&["train.lr=0.5".into(), "name=other".into(), "train.device=cpu".into()]).unwrap();
+        assert_eq!(cfg.train.lr, 0.5);
+        assert_eq!(cfg.name, "other");
+        // Round trip through the resolved file.
+        let again = RunConfig::parse(&cfg.to_toml(), "resolved", &[], Path::new(".")).unwrap();
+        assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = RunConfig::quickstart(&["train.learning_rate=0.1".into()]).unwrap_err().to_string();
+        assert!(err.contains("learning_rate"), "{err}");
+        let err = RunConfig::quickstart(&["train.device=tpu".into()]).unwrap_err().to_string();
+        assert!(err.contains("tpu"), "{err}");
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                RunConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "expected the five shipped configs, found {n}");
+    }
+}

@@ -1,0 +1,155 @@
+//! Evaluation over a whole split: one confusion matrix, the loss, and a few predictions kept for
+//! pictures. Shared by validation during training and by `segkit eval`.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use segkit_data::transform::eval_transform;
+use segkit_data::{Dataset, HostBatch, ImageBuf, SampleRef, Window};
+use segkit_models::{ModelConfig, ModelKind, SegModel, input_size_for_output, unet_output_size};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, ClassInfo};
+use crate::config::RunConfig;
+use crate::loss::{Reduction, cross_entropy};
+use crate::metrics::{ConfusionMatrix, Scores};
+use crate::params::{self, to_f32, to_i64};
+use crate::{TrainError, write_atomic};
+
+/// Network input size and output margin for evaluating a whole `h x w` image: FCN takes it as
+/// it is; U-Net takes the smallest valid input whose output covers the image, the context
+/// mirrored (the paper's overlap-tile, one tile).
+pub fn eval_geometry(model: &ModelConfig, h: usize, w: usize) -> Result<((usize, usize), usize), TrainError> {
+    if model.model != ModelKind::Unet {
+        return Ok(((h, w), 0));
+    }
+    let fit = |s: usize| {
+        input_size_for_output(s, model.depth, model.padded)
+            .ok_or_else(|| TrainError::Config(format!("no U-Net input size covers an image side of {s}")))
+    };
+    let (in_h, in_w) = (fit(h)?, fit(w)?);
+    let out_h = unet_output_size(in_h, model.depth, model.padded).expect("valid by construction");
+    Ok(((in_h, in_w), (in_h - out_h) / 2))
+}
+
+/// The training window (input and output tile) for `augment.crop`, `None` for whole images.
+pub fn train_window(cfg: &RunConfig) -> Result<Option<Window>, TrainError> {
+    let crop = cfg.augment.crop;
+    if crop == 0 {
+        return Ok(None);
+    }
+    let m = &cfg.model;
+    if m.model != ModelKind::Unet {
+        return Ok(Some(Window { input: crop, output: crop }));
+    }
+    let input = input_size_for_output(crop, m.depth, m.padded)
+        .ok_or_else(|| TrainError::Config(format!("augment.crop = {crop}: no U-Net input size gives that output")))?;
+    let output = unet_output_size(input, m.depth, m.padded).expect("valid by construction");
+    Ok(Some(Window { input, output }))
+}
+
+/// What one evaluation pass gives.
+pub struct EvalPass {
+    pub cm: ConfusionMatrix,
+    /// Mean loss per valid pixel.
+    pub loss: f64,
+    /// The first few samples: image, ground truth, prediction (image size).
+    pub kept: Vec<(ImageBuf, Vec<u8>, Vec<u8>)>,
+}
+
+/// Runs `model` (on a device without autodiff) over `samples`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &SegModel,
+    cfg: &RunConfig,
+    ds: &Dataset,
+    samples: &[SampleRef],
+    device: &Device,
+    weights: Option<&Tensor<1>>,
+    keep: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalPass, TrainError> {
+    let n = cfg.model.classes;
+    let ignore = ds.classes.ignore_index;
+    let mut cm = ConfusionMatrix::new(n);
+    let (mut loss_sum, mut valid) = (0f64, 0u64);
+    let mut kept = Vec::new();
+    for (i, s) in samples.iter().enumerate() {
+        progress(i, samples.len());
+        let (img, labels) = ds.load(s, cfg.model.in_channels)?;
+        let (h, w) = (img.height, img.width);
+        let (in_hw, margin) = eval_geometry(&cfg.model, h, w)?;
+        let prep = eval_transform(&img, &labels, in_hw, margin, cfg.augment.normalize, ignore);
+        let batch = HostBatch::stack(vec![prep], cfg.model.in_channels).map_err(TrainError::Config)?;
+        let (x, y) = batch.to_device(device);
+        let logits = model.forward(x);
+        loss_sum += to_f32(cross_entropy(logits.clone(), y, ignore as i64, weights, Reduction::Sum))[0] as f64;
+        let [_, _, oh, ow] = logits.dims();
+        let pred: Vec<u8> = to_i64(logits.argmax(1).reshape([oh, ow])).into_iter().map(|v| v as u8).collect();
+        valid += batch.labels.iter().filter(|&&l| (l as usize) < n).count() as u64;
+        cm.add(&pred, &batch.labels);
+        if kept.len() < keep {
+            let crop = |v: &[u8]| (0..h).flat_map(|y| v[y * ow..y * ow + w].to_vec()).collect::<Vec<u8>>();
+            kept.push((img, crop(&batch.labels), crop(&pred)));
+        }
+    }
+    progress(samples.len(), samples.len());
+    Ok(EvalPass { cm, loss: if valid > 0 { loss_sum / valid as f64 } else { 0.0 }, kept })
+}
+
+/// `eval.json` of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub checkpoint: String,
+    pub split: String,
+    pub images: usize,
+    pub loss: f64,
+    pub classes: Vec<String>,
+    pub scores: Scores,
+}
+
+/// A trained model with everything needed to run it.
+pub struct Loaded {
+    pub config: RunConfig,
+    pub classes: ClassInfo,
+    pub model: SegModel,
+    pub checkpoint: PathBuf,
+    pub step: usize,
+}
+
+/// The checkpoint file of `run`: the file itself, or `best.safetensors` (else `last`) in a run
+/// directory.
+pub fn checkpoint_path(run: &Path) -> Result<PathBuf, TrainError> {
+    if run.is_file() {
+        return Ok(run.to_path_buf());
+    }
+    for name in ["best.safetensors", "last.safetensors"] {
+        let p = run.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(TrainError::checkpoint(run, "no checkpoint here (expected best.safetensors or last.safetensors in a run directory)"))
+}
+
+/// Loads a run's model onto `device` (no autodiff).
+pub fn load_run(run: &Path, device: &Device) -> Result<Loaded, TrainError> {
+    let path = checkpoint_path(run)?;
+    let ck = Checkpoint::load(&path)?;
+    let config = RunConfig::parse(&ck.config, &format!("{} (config)", path.display()), &[], Path::new("."))?;
+    let model = SegModel::new(&config.model, device)?;
+    let (model, report) = params::load(model, &ck.model);
+    if !report.missing.is_empty() || !report.mismatched.is_empty() {
+        return Err(TrainError::checkpoint(
+            &path,
+            format!("weights do not fit the model: missing {:?}, mismatched {:?}", report.missing, report.mismatched),
+        ));
+    }
+    Ok(Loaded { config, classes: ck.classes, model, checkpoint: path, step: ck.state.step })
+}
+
+impl EvalReport {
+    pub fn write(&self, path: &Path) -> Result<(), TrainError> {
+        write_atomic(path, serde_json::to_string_pretty(self).expect("serialisable").as_bytes())
+    }
+}

@@ -1,0 +1,450 @@
+//! The training loop: data on worker threads, forward, pixel-wise loss, backward, optimiser,
+//! validation on the whole split, checkpoints, metrics.csv and pictures.
+//!
+//! Resume is exact: a checkpoint is written at an optimiser-step boundary with the position in
+//! the epoch; batches are a pure function of (seed, epoch, position), dropout is re-seeded from
+//! (seed, step), and the optimiser state travels with the weights. A resumed run therefore
+//! computes the same losses as an uninterrupted one, to float noise.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use segkit_data::synth::mix_seed;
+use segkit_data::{Dataset, LoaderSpec};
+use segkit_models::SegModel;
+
+use crate::checkpoint::{Checkpoint, ClassInfo, MetricsRow, TrainState};
+use crate::config::RunConfig;
+use crate::eval::{evaluate, train_window};
+use crate::loss::{cross_entropy, median_frequency_weights};
+use crate::metrics::Scores;
+use crate::optim::{LrSchedule, Optimizer};
+use crate::params::{self, HostTensor, to_f32};
+use crate::plot::{self, Series};
+use crate::{TrainError, device, write_atomic};
+
+/// What the loop reports; the CLI turns these into progress bars and lines.
+pub enum Event<'a> {
+    Started {
+        run_dir: &'a Path,
+        device: &'a str,
+        parameters: usize,
+        train_images: usize,
+        val_images: usize,
+        steps_per_epoch: usize,
+        total_steps: usize,
+        start_step: usize,
+        notes: &'a [String],
+    },
+    Step { step: usize, total: usize, epoch: usize, loss: f32, lr: f64, images_per_s: f64 },
+    Validating { done: usize, total: usize },
+    Validated { row: &'a MetricsRow, scores: &'a Scores, classes: &'a [String], best: bool },
+    Saved { path: &'a Path },
+}
+
+pub trait Observer {
+    fn event(&mut self, event: Event<'_>);
+}
+
+/// An observer that ignores everything (tests, library use).
+pub struct Quiet;
+impl Observer for Quiet {
+    fn event(&mut self, _: Event<'_>) {}
+}
+
+pub struct TrainOptions {
+    /// Continue the run in this directory from its `last.safetensors`.
+    pub resume: Option<PathBuf>,
+    /// Set by Ctrl-C: the loop saves a checkpoint at the next step boundary and returns.
+    pub stop: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Finished { run_dir: PathBuf, steps: usize, best_miou: f64, best_step: usize },
+    Interrupted { run_dir: PathBuf, step: usize },
+}
+
+/// A fresh run directory under `out_dir`: `name`, or `name-2`, `name-3`, ... if taken.
+fn new_run_dir(out_dir: &Path, name: &str) -> Result<PathBuf, TrainError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
+    let mut k = 1;
+    loop {
+        let dir = if k == 1 { out_dir.join(name) } else { out_dir.join(format!("{name}-{k}")) };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => k += 1,
+            Err(e) => return Err(TrainError::io(&dir, e)),
+        }
+    }
+}
+
+/// The file `init_from` names: a checkpoint file, or the best (else last) of a run directory.
+fn init_weights(init_from: &str) -> Result<(PathBuf, Checkpoint), TrainError> {
+    let path = crate::eval::checkpoint_path(Path::new(init_from))?;
+    Ok((path.clone(), Checkpoint::load(&path)?))
+}
+
+struct Run {
+    cfg: RunConfig,
+    dir: PathBuf,
+    classes: ClassInfo,
+    device: Device,
+}
+
+impl Run {
+    fn save(&self, model: &SegModel, opt: &Optimizer, state: &TrainState, obs: &mut dyn Observer) -> Result<(), TrainError> {
+        let optim = opt
+            .state
+            .slots
+            .iter()
+            .map(|(k, t)| (k.clone(), HostTensor { shape: t.dims().to_vec(), values: to_f32(t.clone()) }))
+            .collect();
+        let mut state = state.clone();
+        state.optim_steps = opt.state.steps;
+        let ck = Checkpoint {
+            model: params::collect(model),
+            optim,
+            config: self.cfg.to_toml(),
+            classes: self.classes.clone(),
+            state,
+        };
+        let path = self.dir.join("last.safetensors");
+        ck.save(&path)?;
+        obs.event(Event::Saved { path: &path });
+        Ok(())
+    }
+
+    fn write_metrics(&self, history: &[MetricsRow]) -> Result<(), TrainError> {
+        let mut csv = String::from(MetricsRow::HEADER);
+        csv.push('\n');
+        for r in history {
+            csv.push_str(&r.csv());
+            csv.push('\n');
+        }
+        write_atomic(&self.dir.join("metrics.csv"), csv.as_bytes())?;
+        let pts = |f: fn(&MetricsRow) -> f64| history.iter().map(|r| (r.step as f64, f(r))).collect::<Vec<_>>();
+        let loss = plot::line_chart(
+            &format!("{}: loss", self.cfg.name),
+            "optimiser step",
+            "loss",
+            &[
+                Series { name: "train".into(), color: plot::SERIES[0], points: pts(|r| r.train_loss) },
+                Series { name: "validation".into(), color: plot::SERIES[1], points: pts(|r| r.val_loss) },
+            ],
+            None,
+        );
+        loss.save(&self.dir.join("loss.png"))?;
+        let miou = plot::line_chart(
+            &format!("{}: validation mean IoU", self.cfg.name),
+            "optimiser step",
+            "mean IoU",
+            &[
+                Series { name: "mean IoU".into(), color: plot::SERIES[2], points: pts(|r| r.mean_iou) },
+                Series { name: "pixel acc".into(), color: plot::SERIES[4], points: pts(|r| r.pixel_acc) },
+            ],
+            Some((0.0, 1.0)),
+        );
+        miou.save(&self.dir.join("miou.png"))
+    }
+}
+
+/// Trains `cfg` (or resumes `opts.resume`), reporting to `obs`.
+pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Result<Outcome, TrainError> {
+    let mut notes = Vec::new();
+    let (device, device_desc) = device::select(&cfg.train.device)?;
+    let ad = device.clone().autodiff();
+    let t = &cfg.train;
+
+    // Data.
+    let root = PathBuf::from(&cfg.data.root);
+    let ds = Arc::new(Dataset::open(&cfg.data, &root)?);
+    if ds.classes.len() != cfg.model.classes {
+        return Err(TrainError::Config(format!(
+            "the dataset has {} classes ({}) but model.classes = {}",
+            ds.classes.len(),
+            ds.classes.names.join(", "),
+            cfg.model.classes
+        )));
+    }
+    let train_samples = ds.split(&cfg.data.train_split)?;
+    let val_samples = ds.split(&cfg.data.val_split)?;
+    let window = train_window(&cfg)?;
+    let is_unet_valid = cfg.model.model == segkit_models::ModelKind::Unet && !cfg.model.padded;
+    let spec = LoaderSpec {
+        dataset: ds.clone(),
+        samples: Arc::new(train_samples.clone()),
+        augment: cfg.augment.clone(),
+        window,
+        mirror: is_unet_valid,
+        channels: cfg.model.in_channels,
+        batch_size: t.batch_size,
+        seed: t.seed,
+        workers: t.workers.max(1),
+        prefetch: t.prefetch.max(1),
+    };
+    let classes = ClassInfo { names: ds.classes.names.clone(), colors: ds.classes.colors.clone(), ignore_index: ds.classes.ignore_index };
+    let ignore = ds.classes.ignore_index as i64;
+
+    // Class weights: given, or median frequency over the training masks.
+    let weights: Option<Vec<f32>> = if !t.class_weights.is_empty() {
+        Some(t.class_weights.iter().map(|&w| w as f32).collect())
+    } else if t.median_frequency {
+        let n = cfg.model.classes;
+        let (mut class_px, mut image_px) = (vec![0u64; n], vec![0u64; n]);
+        for s in &train_samples {
+            let (_, labels) = ds.load(s, cfg.model.in_channels)?;
+            let mut here = vec![0u64; n];
+            for &l in &labels {
+                if (l as usize) < n {
+                    here[l as usize] += 1;
+                }
+            }
+            let total: u64 = here.iter().sum();
+            for c in 0..n {
+                if here[c] > 0 {
+                    class_px[c] += here[c];
+                    image_px[c] += total;
+                }
+            }
+        }
+        let w = median_frequency_weights(&class_px, &image_px);
+        notes.push(format!("median-frequency class weights: {}", w.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ")));
+        Some(w)
+    } else {
+        None
+    };
+    let weights_ad = weights.as_ref().map(|w| Tensor::<1>::from_data(TensorData::new(w.clone(), [w.len()]), &ad));
+    let weights_eval = weights.as_ref().map(|w| Tensor::<1>::from_data(TensorData::new(w.clone(), [w.len()]), &device));
+
+    // Model, optimiser, position: fresh, initialised from another run, or resumed.
+    ad.seed(t.seed);
+    let mut model = SegModel::new(&cfg.model, &ad)?;
+    let mut opt = Optimizer::new(cfg.optim_settings());
+    let mut state = TrainState::default();
+    let dir = match &opts.resume {
+        Some(dir) => {
+            let path = dir.join("last.safetensors");
+            let ck = Checkpoint::load(&path)?;
+            let (m, report) = params::load(model, &ck.model);
+            if !report.missing.is_empty() || !report.mismatched.is_empty() {
+                return Err(TrainError::checkpoint(&path, format!("does not fit the config's model: missing {:?}, mismatched {:?}", report.missing, report.mismatched)));
+            }
+            model = m;
+            for (k, h) in ck.optim {
+                let n = h.values.len();
+                opt.state.slots.insert(k, Tensor::<1>::from_data(TensorData::new(h.values, [n]), &device));
+            }
+            opt.state.steps = ck.state.optim_steps;
+            state = ck.state;
+            notes.push(format!("resumed from {} at step {}", path.display(), state.step));
+            dir.clone()
+        }
+        None => {
+            if !t.init_from.is_empty() {
+                let (path, ck) = init_weights(&t.init_from)?;
+                let (m, report) = params::load(model, &ck.model);
+                model = m;
+                notes.push(format!(
+                    "initialised {} tensors from {} (by name); kept fresh: {}",
+                    report.loaded.len(),
+                    path.display(),
+                    report.missing.iter().chain(report.mismatched.iter().map(|m| &m.0)).cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            let dir = new_run_dir(Path::new(&t.out_dir), &cfg.name)?;
+            write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+            dir
+        }
+    };
+    let run = Run { cfg: cfg.clone(), dir: dir.clone(), classes, device: device.clone() };
+
+    let batches = spec.batches_per_epoch();
+    let accum = t.accum_steps;
+    let steps_per_epoch = (batches / accum).max(1);
+    let epoch_steps = t.epochs * steps_per_epoch;
+    let total_steps = if t.max_steps > 0 && (t.epochs == 0 || t.max_steps < epoch_steps) { t.max_steps } else { epoch_steps };
+    let sched = LrSchedule {
+        base: t.lr,
+        schedule: t.schedule,
+        total_steps,
+        warmup_steps: t.warmup_steps,
+        power: t.poly_power,
+        step_size: t.step_size,
+        gamma: t.step_gamma,
+    };
+    obs.event(Event::Started {
+        run_dir: &dir,
+        device: &device_desc,
+        parameters: model.num_params(),
+        train_images: train_samples.len(),
+        val_images: val_samples.len(),
+        steps_per_epoch,
+        total_steps,
+        start_step: state.step,
+        notes: &notes,
+    });
+
+    let started = Instant::now();
+    let elapsed0 = state.elapsed_s;
+    let mut loss_since_val = (0f64, 0usize);
+    while state.step < total_steps {
+        let epoch = state.epoch;
+        let mut loader = spec.epoch(epoch as u64, state.batch);
+        let mut acc = GradientsAccumulator::<SegModel>::new();
+        let mut in_group = 0;
+        let mut group_loss = 0f32;
+        let mut tick = Instant::now();
+        let mut images = 0usize;
+        let mut usable = (batches / accum) * accum;
+        if usable == 0 {
+            usable = batches;
+        }
+        while let Some((k, batch)) = loader.next() {
+            if k >= usable {
+                break;
+            }
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    // Keep the position at the start of this step so that a fixed dataset resumes here.
+                    state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
+                    run.save(&model, &opt, &state, obs)?;
+                    return Err(e.into());
+                }
+            };
+            let (x, y) = batch.to_device(&ad);
+            ad.seed(mix_seed(t.seed, (state.step * accum + in_group) as u64));
+            let logits = model.forward(x);
+            let mut loss = cross_entropy(logits, y, ignore, weights_ad.as_ref(), t.loss);
+            if accum > 1 {
+                loss = loss.div_scalar(accum as f64);
+            }
+            let value = to_f32(loss.clone().inner())[0];
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite { step: state.step, value, run_dir: dir.clone() });
+            }
+            group_loss += value;
+            images += batch.batch;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            in_group += 1;
+            let grads = if accum > 1 {
+                acc.accumulate(&model, grads);
+                if in_group < accum.min(usable) {
+                    continue;
+                }
+                acc.grads()
+            } else {
+                grads
+            };
+            in_group = 0;
+            let lr = sched.lr(state.step);
+            model = opt.step(lr, model, grads);
+            state.step += 1;
+            state.batch = k + 1;
+            loss_since_val.0 += group_loss as f64;
+            loss_since_val.1 += 1;
+            let secs = tick.elapsed().as_secs_f64().max(1e-9);
+            obs.event(Event::Step { step: state.step, total: total_steps, epoch, loss: group_loss, lr, images_per_s: images as f64 / secs });
+            (group_loss, images, tick) = (0.0, 0, Instant::now());
+            let stopping = opts.stop.load(Ordering::Relaxed);
+            if stopping || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0) {
+                state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
+                run.save(&model, &opt, &state, obs)?;
+            }
+            if stopping {
+                return Ok(Outcome::Interrupted { run_dir: dir, step: state.step });
+            }
+            if state.step >= total_steps {
+                break;
+            }
+        }
+        drop(loader);
+        let finished_epoch = state.batch >= usable || state.step >= total_steps;
+        if finished_epoch && state.step < total_steps {
+            state.epoch += 1;
+            state.batch = 0;
+        }
+        let last = state.step >= total_steps;
+        if last || (finished_epoch && state.epoch % t.val_every.max(1) == 0) {
+            validate(&run, &model, &ds, &val_samples, weights_eval.as_ref(), &mut state, &mut loss_since_val, &sched, started, elapsed0, obs)?;
+            run.save(&model, &opt, &state, obs)?;
+            if state.best_step == state.step {
+                let best = dir.join("best.safetensors");
+                let tmp = dir.join("best.safetensors.tmp");
+                std::fs::copy(dir.join("last.safetensors"), &tmp).map_err(|e| TrainError::io(&tmp, e))?;
+                std::fs::rename(&tmp, &best).map_err(|e| TrainError::io(&best, e))?;
+            }
+        }
+    }
+    Ok(Outcome::Finished { run_dir: dir, steps: state.step, best_miou: state.best_miou, best_step: state.best_step })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validate(
+    run: &Run,
+    model: &SegModel,
+    ds: &Dataset,
+    val: &[segkit_data::SampleRef],
+    weights: Option<&Tensor<1>>,
+    state: &mut TrainState,
+    loss_since_val: &mut (f64, usize),
+    sched: &LrSchedule,
+    started: Instant,
+    elapsed0: f64,
+    obs: &mut dyn Observer,
+) -> Result<(), TrainError> {
+    let eval_model = model.valid();
+    let keep = run.cfg.train.grid_images;
+    let pass = evaluate(&eval_model, &run.cfg, ds, val, &run.device, weights, keep, &mut |done, total| {
+        obs.event(Event::Validating { done, total })
+    })?;
+    let scores = pass.cm.scores();
+    let row = MetricsRow {
+        step: state.step,
+        epoch: state.epoch,
+        train_loss: if loss_since_val.1 > 0 { loss_since_val.0 / loss_since_val.1 as f64 } else { f64::NAN },
+        val_loss: pass.loss,
+        pixel_acc: scores.pixel_acc,
+        mean_acc: scores.mean_acc,
+        mean_iou: scores.mean_iou,
+        fw_iou: scores.fw_iou,
+        mean_dice: scores.mean_dice,
+        lr: sched.lr(state.step.saturating_sub(1)),
+        elapsed_s: elapsed0 + started.elapsed().as_secs_f64(),
+    };
+    *loss_since_val = (0.0, 0);
+    let best = scores.mean_iou.is_finite() && (state.history.is_empty() || scores.mean_iou > state.best_miou);
+    if best {
+        state.best_miou = scores.mean_iou;
+        state.best_step = state.step;
+    }
+    state.elapsed_s = row.elapsed_s;
+    state.history.push(row.clone());
+    run.write_metrics(&state.history)?;
+    if !pass.kept.is_empty() {
+        let colors = &run.classes.colors;
+        let rows: Vec<Vec<segkit_data::ImageBuf>> = pass
+            .kept
+            .iter()
+            .map(|(img, gt, pred)| {
+                vec![img.clone(), plot::colorize(gt, img.width, img.height, colors), plot::colorize(pred, img.width, img.height, colors)]
+            })
+            .collect();
+        let cell = pass.kept[0].0.height.clamp(96, 240);
+        let grid = plot::image_grid(
+            &["image".into(), "ground truth".into(), format!("prediction (step {})", state.step)],
+            &rows,
+            cell,
+        );
+        grid.save(&run.dir.join("val_samples.png"))?;
+    }
+    obs.event(Event::Validated { row: &row, scores: &scores, classes: &run.classes.names, best });
+    Ok(())
+}

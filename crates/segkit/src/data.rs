@@ -1,0 +1,169 @@
+//! `segkit data check` and `segkit data synth`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use segkit_data::check::check;
+use segkit_data::image_io::{write_palette_png, write_png};
+use segkit_data::synth::{synth_classes, synth_sample};
+use segkit_data::{DataConfig, DataFormat, Dataset, MaskEncoding};
+use segkit_train::RunConfig;
+
+use crate::progress;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Read a whole dataset (a folder, or a run config) and report counts, sizes, mask encoding,
+    /// class frequencies and every problem found. Exit status 1 when there are problems.
+    Check(CheckArgs),
+    /// Write the built-in synthetic data to disk as a paired-folders dataset.
+    Synth(SynthArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Dataset folder or run config (.toml).
+    dataset: PathBuf,
+    /// Force the layout: paired, voc, yolo.
+    #[arg(long)]
+    format: Option<String>,
+    /// Mask encoding: auto, index, palette, binary, rgb.
+    #[arg(long)]
+    mask_encoding: Option<String>,
+    /// The void label (VOC 255, CamVid 11).
+    #[arg(long)]
+    ignore_index: Option<u8>,
+    /// Number of classes, when the dataset has no class_names.txt or data.yaml.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Read images with this many channels.
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SynthArgs {
+    /// Output folder (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// Training images.
+    #[arg(long, default_value_t = 200)]
+    count: usize,
+    /// Validation images (default: a quarter of --count).
+    #[arg(long)]
+    val_count: Option<usize>,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).with_context(|| format!("bad {what} `{s}`"))
+}
+
+pub fn run(c: Command) -> Result<i32> {
+    match c {
+        Command::Check(a) => run_check(a),
+        Command::Synth(a) => run_synth(a),
+    }
+}
+
+fn run_check(a: CheckArgs) -> Result<i32> {
+    let (cfg, root, channels) = if a.dataset.extension().is_some_and(|e| e == "toml") {
+        let rc = RunConfig::load(&a.dataset, &[])?;
+        let root = PathBuf::from(&rc.data.root);
+        (rc.data, root, rc.model.in_channels)
+    } else {
+        let mut cfg = DataConfig { format: DataFormat::Auto, ..DataConfig::default() };
+        if let Some(f) = &a.format {
+            cfg.format = parse_enum("format", f)?;
+        }
+        if let Some(e) = &a.mask_encoding {
+            cfg.mask_encoding = parse_enum::<MaskEncoding>("mask encoding", e)?;
+        }
+        if let Some(i) = a.ignore_index {
+            cfg.ignore_index = i;
+        }
+        if let Some(n) = a.num_classes {
+            cfg.num_classes = n;
+        }
+        (cfg, a.dataset.clone(), a.channels)
+    };
+    let ds = Dataset::open(&cfg, &root)?;
+    let total: usize = ds.splits.iter().map(|s| s.samples.len()).sum();
+    let bar = progress::bar(total as u64, "checking");
+    let report = check(&ds, channels, |done, _| bar.set_position(done as u64));
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(i32::from(report.has_errors()));
+    }
+    println!("{}: {} layout, {} classes, ignore index {}", report.root, report.format, report.classes.len(), report.ignore_index);
+    for s in &report.splits {
+        println!();
+        println!("split {}: {} pairs", s.name, s.pairs);
+        let sizes: Vec<String> = s.sizes.iter().map(|(k, v)| format!("{k} ({v})")).collect();
+        println!("  image sizes:    {}", sizes.join(", "));
+        let enc: Vec<String> = s.encodings.iter().map(|(k, v)| format!("{k} ({v})")).collect();
+        println!("  mask encoding:  {}", enc.join(", "));
+        let total: u64 = s.class_pixels.iter().sum();
+        if total > 0 {
+            println!("  class pixel frequency:");
+            for (i, &n) in s.class_pixels.iter().enumerate() {
+                let name = report.classes.get(i).cloned().unwrap_or_else(|| format!("void ({})", report.ignore_index));
+                println!("    {:>3} {:<20} {:>7.3}%  {}", i.min(255), name, 100.0 * n as f64 / total as f64, n);
+            }
+        }
+    }
+    println!();
+    if report.problems.is_empty() {
+        println!("no problems found");
+    } else {
+        println!("{} problem(s):", report.problems.len());
+        for p in &report.problems {
+            println!("  {p}");
+        }
+    }
+    Ok(i32::from(report.has_errors()))
+}
+
+fn run_synth(a: SynthArgs) -> Result<i32> {
+    let classes = synth_classes();
+    let val = a.val_count.unwrap_or(a.count / 4);
+    for (split, count, offset) in [("train", a.count, 0u64), ("val", val, 1u64 << 32)] {
+        let (img_dir, mask_dir) = (a.out.join(split).join("images"), a.out.join(split).join("masks"));
+        for d in [&img_dir, &mask_dir] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let bar = progress::bar(count as u64, split);
+        for i in 0..count as u64 {
+            let (img, mask) = synth_sample(a.seed, offset + i, a.size, 3);
+            let name = format!("synth{:06}.png", i);
+            write_png(&img_dir.join(&name), &img)?;
+            write_palette_png(&mask_dir.join(&name), img.width, img.height, &mask, &classes.colors)?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    }
+    let names = a.out.join("class_names.txt");
+    std::fs::write(&names, classes.names.join("\n") + "\n").with_context(|| format!("writing {}", names.display()))?;
+    println!(
+        "wrote {} training and {} validation images ({}x{}, classes: {}) to {}",
+        a.count,
+        val,
+        a.size,
+        a.size,
+        classes.names.join(", "),
+        display(&a.out)
+    );
+    Ok(0)
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}

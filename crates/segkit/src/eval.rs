@@ -1,0 +1,82 @@
+//! `segkit eval`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use segkit_data::Dataset;
+use segkit_train::device;
+use segkit_train::eval::{EvalReport, evaluate, load_run};
+
+use crate::progress;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A run directory (its best checkpoint, else the last) or a checkpoint file.
+    run: PathBuf,
+    /// Dataset folder, replacing the run's data.root.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Split to evaluate.
+    #[arg(long, default_value = "val")]
+    split: String,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    let (device, desc) = device::select(&a.device)?;
+    let loaded = load_run(&a.run, &device)?;
+    let mut cfg = loaded.config.clone();
+    if let Some(d) = &a.data {
+        cfg.data.root = d.display().to_string();
+    }
+    let ds = Dataset::open(&cfg.data, &PathBuf::from(&cfg.data.root))?;
+    let samples = ds.split(&a.split)?;
+    let bar = progress::bar(samples.len() as u64, "eval");
+    let pass = evaluate(&loaded.model, &cfg, &ds, &samples, &device, None, 0, &mut |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    let scores = pass.cm.scores();
+    let report = EvalReport {
+        checkpoint: loaded.checkpoint.display().to_string(),
+        split: a.split.clone(),
+        images: samples.len(),
+        loss: pass.loss,
+        classes: loaded.classes.names.clone(),
+        scores,
+    };
+    if a.run.is_dir() {
+        report.write(&a.run.join("eval.json"))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(0);
+    }
+    let s = &report.scores;
+    println!("{} (step {}) on {} split {} ({} images), {desc}", report.checkpoint, loaded.step, cfg.data.root, a.split, report.images);
+    println!("pixel accuracy        {:.4}", s.pixel_acc);
+    println!("mean accuracy         {:.4}", s.mean_acc);
+    println!("mean IoU              {:.4}", s.mean_iou);
+    println!("frequency-weighted IoU {:.4}", s.fw_iou);
+    println!("mean Dice             {:.4}", s.mean_dice);
+    println!("loss                  {:.4}", report.loss);
+    println!();
+    println!("{:<20} {:>8} {:>8} {:>8} {:>12}", "class", "IoU", "acc", "Dice", "pixels");
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    for (i, name) in report.classes.iter().enumerate() {
+        println!(
+            "{:<20} {:>8} {:>8} {:>8} {:>12}",
+            name,
+            f(s.class_iou.get(i).copied().flatten()),
+            f(s.class_acc.get(i).copied().flatten()),
+            f(s.class_dice.get(i).copied().flatten()),
+            s.class_pixels.get(i).copied().unwrap_or(0)
+        );
+    }
+    if a.run.is_dir() {
+        println!("\nwritten to {}", a.run.join("eval.json").display());
+    }
+    Ok(0)
+}

@@ -1,0 +1,158 @@
+//! `segkit train`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use indicatif::ProgressBar;
+use segkit_train::RunConfig;
+use segkit_train::trainer::{Event, Observer, Outcome, TrainOptions, train};
+
+use crate::progress;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run config (TOML). Without it: the quick start on built-in synthetic data.
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.lr=0.001 --set data.root=../data/camvid.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// auto (a GPU if there is one, else CPU), cpu, wgpu or vulkan.
+    #[arg(long)]
+    device: Option<String>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+}
+
+struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    every: usize,
+    classes_printed: bool,
+}
+
+impl Observer for Progress {
+    fn event(&mut self, e: Event<'_>) {
+        match e {
+            Event::Started { run_dir, device, parameters, train_images, val_images, steps_per_epoch, total_steps, start_step, notes } => {
+                println!("run directory: {}", run_dir.display());
+                println!("device: {device}");
+                println!(
+                    "model: {} parameters; data: {train_images} training / {val_images} validation images; \
+                     {steps_per_epoch} steps per epoch, {total_steps} steps",
+                    crate::summary::group(parameters)
+                );
+                for n in notes {
+                    println!("{n}");
+                }
+                self.every = (total_steps / 40).max(1);
+                if progress::is_tty() {
+                    let bar = progress::bar(total_steps as u64, "train");
+                    bar.set_position(start_step as u64);
+                    bar.reset_eta();
+                    self.bar = Some(bar);
+                }
+            }
+            Event::Step { step, total, epoch, loss, lr, images_per_s } => {
+                let msg = format!("epoch {epoch} loss {loss:.4} lr {lr:.2e} {images_per_s:.1} img/s");
+                match &self.bar {
+                    Some(b) => {
+                        b.set_position(step as u64);
+                        b.set_message(msg);
+                    }
+                    None => {
+                        if step % self.every == 0 || step == total {
+                            println!("step {step}/{total} {msg} ({:.0} s)", self.started.elapsed().as_secs_f64());
+                        }
+                    }
+                }
+            }
+            Event::Validating { done, total } => {
+                if let Some(b) = &self.bar {
+                    b.set_message(format!("validating {done}/{total}"));
+                }
+            }
+            Event::Validated { row, scores, classes, best } => {
+                let line = format!(
+                    "validation at step {} (epoch {}): loss {:.4}, pixel acc {:.4}, mean acc {:.4}, mean IoU {:.4}, fw IoU {:.4}, Dice {:.4}{}",
+                    row.step,
+                    row.epoch,
+                    row.val_loss,
+                    row.pixel_acc,
+                    row.mean_acc,
+                    row.mean_iou,
+                    row.fw_iou,
+                    row.mean_dice,
+                    if best { " (best)" } else { "" }
+                );
+                let mut text = line;
+                if !self.classes_printed || best {
+                    let per: Vec<String> = classes
+                        .iter()
+                        .zip(&scores.class_iou)
+                        .map(|(n, v)| format!("{n} {}", v.map_or("-".into(), |v| format!("{v:.3}"))))
+                        .collect();
+                    text.push_str(&format!("\n  IoU per class: {}", per.join(", ")));
+                    self.classes_printed = true;
+                }
+                match &self.bar {
+                    Some(b) => b.println(text),
+                    None => println!("{text}"),
+                }
+            }
+            Event::Saved { .. } => {}
+        }
+    }
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    let mut overrides = a.set.clone();
+    if let Some(d) = &a.device {
+        overrides.push(format!("train.device={d:?}"));
+    }
+    let cfg = match (&a.resume, &a.config) {
+        (Some(dir), _) => {
+            let path = dir.join("config.toml");
+            RunConfig::load(&path, &overrides).with_context(|| format!("resuming {}", dir.display()))?
+        }
+        (None, Some(path)) => RunConfig::load(path, &overrides)?,
+        (None, None) => {
+            println!("no config given: running the quick start (configs/quickstart.toml, built-in synthetic data)");
+            RunConfig::quickstart(&overrides)?
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                // A second Ctrl-C: the user really wants out.
+                std::process::exit(130);
+            }
+            eprintln!("\nCtrl-C: saving a checkpoint at the end of this step (press again to quit at once)");
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let mut obs = Progress { bar: None, started: Instant::now(), every: 1, classes_printed: false };
+    let outcome = train(cfg, TrainOptions { resume: a.resume.clone(), stop }, &mut obs);
+    if let Some(b) = &obs.bar {
+        b.finish_and_clear();
+    }
+    match outcome? {
+        Outcome::Finished { run_dir, steps, best_miou, best_step } => {
+            println!(
+                "done: {steps} steps in {:.0} s; best validation mean IoU {best_miou:.4} at step {best_step}",
+                obs.started.elapsed().as_secs_f64()
+            );
+            println!("run directory: {} (best.safetensors, last.safetensors, metrics.csv, loss.png, miou.png, val_samples.png)", run_dir.display());
+            Ok(0)
+        }
+        Outcome::Interrupted { run_dir, step } => {
+            println!("stopped at step {step}; continue with: segkit train --resume {}", run_dir.display());
+            Ok(130)
+        }
+    }
+}
