@@ -80,7 +80,7 @@ fn unquote(s: &str) -> String {
     s.trim_matches(|c| c == '\'' || c == '"').to_string()
 }
 
-pub(crate) fn parse_yaml_names(text: &str) -> std::result::Result<Vec<String>, (usize, String)> {
+pub fn parse_yaml_names(text: &str) -> std::result::Result<Vec<String>, (usize, String)> {
     let lines: Vec<&str> = text.lines().collect();
     let Some(start) = lines.iter().position(|l| l.trim_start().starts_with("names:") && !l.starts_with(' ')) else {
         return Err((0, "no `names:` key".into()));
