@@ -5,15 +5,19 @@
 //! crate writes is written to a temporary name and renamed, so a kill never leaves a half file;
 //! metrics come from one confusion matrix over a whole split.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod eval;
+pub mod export;
 pub mod loss;
 pub mod metrics;
+pub mod objects;
 pub mod optim;
 pub mod params;
 pub mod plot;
+pub mod predict;
 pub mod trainer;
 
 use std::path::{Path, PathBuf};

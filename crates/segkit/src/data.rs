@@ -36,6 +36,9 @@ pub struct CheckArgs {
     /// Number of classes, when the dataset has no class_names.txt or data.yaml.
     #[arg(long)]
     num_classes: Option<usize>,
+    /// Class names, comma-separated (e.g. CamVid's sky,building,...); overrides the dataset's.
+    #[arg(long, value_delimiter = ',')]
+    classes: Vec<String>,
     /// Read images with this many channels.
     #[arg(long, default_value_t = 3)]
     channels: usize,
@@ -92,6 +95,7 @@ fn run_check(a: CheckArgs) -> Result<i32> {
         if let Some(n) = a.num_classes {
             cfg.num_classes = n;
         }
+        cfg.class_names = a.classes.clone();
         (cfg, a.dataset.clone(), a.channels)
     };
     let ds = Dataset::open(&cfg, &root)?;

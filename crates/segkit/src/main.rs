@@ -3,8 +3,11 @@
 //! A thin layer over the libraries: argument parsing, printing, progress bars and Ctrl-C. Only
 //! this crate prints; one file per subcommand.
 
+mod bench;
 mod data;
 mod eval;
+mod export;
+mod predict;
 mod progress;
 mod summary;
 mod train;
@@ -27,6 +30,12 @@ enum Command {
     Data(data::Command),
     /// Train a model (no CONFIG: the quick start on built-in synthetic data).
     Train(train::Args),
+    /// Masks, overlays and per-object JSON for images or folders.
+    Predict(predict::Args),
+    /// Write a run's weights as safetensors under PyTorch state-dict names.
+    Export(export::Args),
+    /// Time training or inference steps (median ms/step, images/s, TFLOP/s, peak memory).
+    Bench(bench::Args),
     /// Evaluate a run's checkpoint on a split: the four FCN metrics, Dice and per-class IoU.
     Eval(eval::Args),
 }
@@ -38,6 +47,9 @@ fn main() {
         Command::Data(c) => data::run(c),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Export(a) => export::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs segkit and PyTorch on the same case, alternating, and prints the ratio.
+# Usage: bench/compare.sh MODEL SIZE BATCH DEVICE [ROUNDS] [extra torch args...]
+#   bench/compare.sh unet 252 1 cpu 3
+#   bench/compare.sh fcn8s 224 1 cpu 3
+# DEVICE: cpu for both, or e.g. "vulkan:cuda" (segkit device : torch device).
+set -euo pipefail
+model=$1 size=$2 batch=$3 dev=$4 rounds=${5:-3}
+shift $(( $# < 5 ? $# : 5 ))
+sk_dev=${dev%%:*} pt_dev=${dev##*:}
+[ "$pt_dev" = "$sk_dev" ] && [ "$sk_dev" != cpu ] && pt_dev=cuda
+SEGKIT=${SEGKIT:-target/release/segkit}
+threads=${THREADS:-$(nproc)}
+gflop=$($SEGKIT summary --model "$model" --size "$size" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["forward_gflop"])')
+for r in $(seq "$rounds"); do
+  RAYON_NUM_THREADS=$threads $SEGKIT bench --model "$model" --size "$size" --batch "$batch" --device "$sk_dev" --json | tail -1 > /tmp/sk.$r.json
+  python3 "$(dirname "$0")/torch_bench.py" --model "$model" --size "$size" --batch "$batch" --device "$pt_dev" \
+    --threads "$threads" --gflop "$gflop" --json "$@" | tail -1 > /tmp/pt.$r.json
+done
+python3 - "$rounds" <<'PY'
+import json, statistics, sys
+n = int(sys.argv[1])
+sk = [json.load(open(f"/tmp/sk.{r}.json")) for r in range(1, n + 1)]
+pt = [json.load(open(f"/tmp/pt.{r}.json")) for r in range(1, n + 1)]
+s = statistics.median(x["ms_per_step"] for x in sk)
+p = statistics.median(x["ms_per_step"] for x in pt)
+print(f"segkit  {s:9.1f} ms/step  {sk[0]['batch'] / s * 1e3:7.2f} img/s  {statistics.median(x['tflops'] for x in sk):.3f} TFLOP/s  peak {max(x['peak_memory_mb'] for x in sk):.0f} MiB  ({sk[0]['device']})")
+print(f"pytorch {p:9.1f} ms/step  {pt[0]['batch'] / p * 1e3:7.2f} img/s  {statistics.median(x['tflops'] for x in pt):.3f} TFLOP/s  peak {max(x['peak_memory_mb'] for x in pt):.0f} MiB  ({pt[0]['impl']}, {pt[0]['threads']} threads)")
+print(f"ratio (segkit time / pytorch time): {s / p:.2f}")
+PY

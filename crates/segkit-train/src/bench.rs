@@ -1,0 +1,160 @@
+//! Benchmarks: timed training steps (forward, pixel-wise loss, backward, SGD update) or
+//! inference steps on random data, after warm-up steps that absorb autotuning and kernel
+//! compilation. The device is synchronised before every clock reading.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorData};
+use segkit_models::{ModelConfig, SegModel};
+use serde::Serialize;
+
+use crate::TrainError;
+use crate::loss::{Reduction, cross_entropy};
+use crate::optim::{OptimSettings, Optimizer, OptimizerKind};
+use crate::params::to_f32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Train,
+    Infer,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub mode: Mode,
+    pub device: String,
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub classes: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    /// Every timed step, milliseconds.
+    pub step_ms: Vec<f64>,
+    pub ms_per_step: f64,
+    pub images_per_s: f64,
+    /// Model FLOPs per step (forward x batch, x3 for training) over the median time.
+    pub tflops: f64,
+    pub gflop_per_step: f64,
+    /// Process peak RSS on the CPU; device allocator reservation on a GPU (when reported).
+    pub peak_memory_mb: f64,
+    pub memory_source: String,
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).expect("finite times"));
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    cfg: &ModelConfig,
+    (h, w): (usize, usize),
+    batch: usize,
+    mode: Mode,
+    warmup: usize,
+    steps: usize,
+    device: &Device,
+    device_desc: &str,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<BenchResult, TrainError> {
+    let model_cpu = SegModel::new(cfg, &Device::flex())?;
+    let summary = model_cpu.summary(cfg, [cfg.in_channels, h, w])?;
+    drop(model_cpu);
+    let (oh, ow) = cfg.output_size(h, w)?;
+    let factor = if mode == Mode::Train { 3.0 } else { 1.0 };
+    let gflop = summary.forward_flops as f64 * batch as f64 * factor / 1e9;
+    device.seed(0);
+    let x = Tensor::<4>::random([batch, cfg.in_channels, h, w], Distribution::Normal(0.0, 1.0), device);
+    let labels: Vec<i64> = (0..batch * oh * ow).map(|i| ((i * 7919) % cfg.classes) as i64).collect();
+    let y = Tensor::<3, Int>::from_data(TensorData::new(labels, [batch, oh, ow]), device);
+    let mut times = Vec::with_capacity(steps);
+    match mode {
+        Mode::Train => {
+            let ad = device.clone().autodiff();
+            let mut model = SegModel::new(cfg, &ad)?;
+            let mut opt = Optimizer::new(OptimSettings {
+                kind: OptimizerKind::Sgd,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                bias_lr_mult: 1.0,
+                bias_decay: true,
+            });
+            let (xa, ya) = (x.autodiff(), y.autodiff());
+            for i in 0..warmup + steps {
+                progress(i, warmup + steps);
+                device.sync().map_err(|e| TrainError::Device(e.to_string()))?;
+                let t0 = Instant::now();
+                let loss = cross_entropy(model.forward(xa.clone()), ya.clone(), 255, None, Reduction::Mean);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = opt.step(1e-6, model, grads);
+                device.sync().map_err(|e| TrainError::Device(e.to_string()))?;
+                if i >= warmup {
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let _ = to_f32(model.valid().forward(x.clone().narrow(0, 0, 1)).sum());
+        }
+        Mode::Infer => {
+            let model = SegModel::new(cfg, device)?;
+            for i in 0..warmup + steps {
+                progress(i, warmup + steps);
+                device.sync().map_err(|e| TrainError::Device(e.to_string()))?;
+                let t0 = Instant::now();
+                let pred = model.forward(x.clone()).argmax(1);
+                let _ = pred.into_data();
+                if i >= warmup {
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+    }
+    progress(warmup + steps, warmup + steps);
+    let ms = median(&times);
+    let (peak, source) = match device.memory_pool_usage() {
+        Some(u) if !device_desc.starts_with("CPU") => (u.bytes_reserved as f64 / (1024.0 * 1024.0), "device allocator (reserved, at the end)".to_string()),
+        _ => (peak_rss_mb().unwrap_or(f64::NAN), "process peak RSS".to_string()),
+    };
+    Ok(BenchResult {
+        model: cfg.model.name().to_string(),
+        mode,
+        device: device_desc.to_string(),
+        batch,
+        height: h,
+        width: w,
+        classes: cfg.classes,
+        warmup,
+        steps,
+        step_ms: times,
+        ms_per_step: ms,
+        images_per_s: batch as f64 / (ms / 1e3),
+        tflops: gflop / (ms / 1e3) / 1e3,
+        gflop_per_step: gflop,
+        peak_memory_mb: peak,
+        memory_source: source,
+    })
+}

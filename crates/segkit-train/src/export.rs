@@ -1,0 +1,140 @@
+//! Export and import of weights under the reference models' PyTorch state-dict names.
+//!
+//! - FCN: pytorch-fcn / Caffe names (`conv1_1.weight`, ..., `fc6.weight`, `score_fr.weight`,
+//!   `upscore2.weight`, ...): segkit's `vgg.` prefix is dropped.
+//! - U-Net: the `tiny_unet` names of `shared/reference/golden.json` (`down.0.conv1.weight`, ...,
+//!   `final.weight`); batch norm, when on, as PyTorch's `weight`/`bias`/`running_mean`/`running_var`.
+//!
+//! Layouts are PyTorch's already: Burn's conv weight is `[out, in, kh, kw]` and its transpose-conv
+//! weight `[in, out, kh, kw]`. The file's metadata holds the architecture config, class names and
+//! colours, ignore index and input normalisation, so an exported file is self-describing and
+//! `segkit predict` takes it in place of a run directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::prelude::*;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use segkit_models::SegModel;
+
+use crate::checkpoint::{ClassInfo, read_f32};
+use crate::config::RunConfig;
+use crate::params::{self, HostTensor};
+use crate::{TrainError, write_atomic};
+
+const FORMAT: &str = "segkit-export-1";
+
+/// segkit parameter path -> PyTorch state-dict name.
+pub fn torch_name(path: &str) -> String {
+    let p = path.strip_prefix("vgg.").unwrap_or(path);
+    let p = p.replace("final_conv.", "final.");
+    p.replace(".gamma", ".weight").replace(".beta", ".bias")
+}
+
+/// The inverse of [`torch_name`] for the tensors of `model`.
+fn segkit_names(model: &SegModel) -> BTreeMap<String, String> {
+    params::shapes(model).into_keys().map(|k| (torch_name(&k), k)).collect()
+}
+
+/// Whether `path` is a file written by [`export`].
+pub fn is_export(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    SafeTensors::read_metadata(&bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().as_ref().and_then(|m| m.get("format").cloned()))
+        .is_some_and(|f| f == FORMAT)
+}
+
+/// Writes `model` to `out` under PyTorch names, f32 or (`half`) f16.
+pub fn export(model: &SegModel, config: &RunConfig, classes: &ClassInfo, out: &Path, half: bool) -> Result<usize, TrainError> {
+    let tensors = params::collect(model);
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let bytes: Vec<u8> = if half {
+                t.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()
+            } else {
+                t.values.iter().flat_map(|v| v.to_le_bytes()).collect()
+            };
+            (torch_name(k), t.shape.clone(), bytes)
+        })
+        .collect();
+    let dtype = if half { Dtype::F16 } else { Dtype::F32 };
+    let views = owned
+        .iter()
+        .map(|(k, s, b)| Ok((k.clone(), TensorView::new(dtype, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| TrainError::checkpoint(out, e.to_string()))?;
+    let meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("model".to_string(), config.model.model.name().to_string()),
+        ("architecture".to_string(), serde_json::to_string(&config.model).expect("serialisable")),
+        ("config".to_string(), config.to_toml()),
+        ("class_names".to_string(), serde_json::to_string(&classes.names).expect("serialisable")),
+        ("class_colors".to_string(), serde_json::to_string(&classes.colors).expect("serialisable")),
+        ("ignore_index".to_string(), classes.ignore_index.to_string()),
+        ("normalize".to_string(), serde_json::to_string(&config.augment.normalize).expect("serialisable")),
+    ]);
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::checkpoint(out, e.to_string()))?;
+    write_atomic(out, &bytes)?;
+    Ok(owned.len())
+}
+
+/// Reads a state dict of PyTorch names from a safetensors file into `model`, by name. Tensors of
+/// the file the model lacks are listed as unused; a shape mismatch is an error.
+pub fn load_torch_names(model: SegModel, path: &Path) -> Result<(SegModel, params::LoadReport, Vec<String>), TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::checkpoint(path, format!("not a safetensors file ({e})")))?;
+    let names = segkit_names(&model);
+    let mut source = BTreeMap::new();
+    let mut unused = Vec::new();
+    for (name, view) in st.tensors() {
+        match names.get(&name) {
+            Some(path_in_model) => {
+                let values = read_f32(&view).map_err(|m| TrainError::checkpoint(path, format!("{name}: {m}")))?;
+                source.insert(path_in_model.clone(), HostTensor { shape: view.shape().to_vec(), values });
+            }
+            None => unused.push(name),
+        }
+    }
+    let (model, report) = params::load(model, &source);
+    if !report.mismatched.is_empty() {
+        let (p, want, got) = &report.mismatched[0];
+        return Err(TrainError::checkpoint(path, format!("{}: shape {got:?} in the file, {want:?} in the model", torch_name(p))));
+    }
+    Ok((model, report, unused))
+}
+
+/// Loads an exported file: its config, classes and model.
+pub fn load(path: &Path, device: &Device) -> Result<(RunConfig, ClassInfo, SegModel), TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let get = |k: &str| meta.get(k).cloned().ok_or_else(|| TrainError::checkpoint(path, format!("metadata `{k}` missing")));
+    let config = RunConfig::parse(&get("config")?, &format!("{} (metadata)", path.display()), &[], Path::new("."))?;
+    let classes = ClassInfo {
+        names: serde_json::from_str(&get("class_names")?).map_err(|e| TrainError::checkpoint(path, e.to_string()))?,
+        colors: serde_json::from_str(&get("class_colors")?).map_err(|e| TrainError::checkpoint(path, e.to_string()))?,
+        ignore_index: get("ignore_index")?.parse().map_err(|_| TrainError::checkpoint(path, "bad ignore_index"))?,
+    };
+    let model = SegModel::new(&config.model, device)?;
+    let (model, report, _) = load_torch_names(model, path)?;
+    if !report.missing.is_empty() {
+        return Err(TrainError::checkpoint(path, format!("tensors missing: {}", report.missing.iter().map(|p| torch_name(p)).collect::<Vec<_>>().join(", "))));
+    }
+    Ok((config, classes, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_reference_state_dicts() {
+        assert_eq!(torch_name("vgg.conv1_1.weight"), "conv1_1.weight");
+        assert_eq!(torch_name("score_pool4.bias"), "score_pool4.bias");
+        assert_eq!(torch_name("final_conv.weight"), "final.weight");
+        assert_eq!(torch_name("down.0.bn1.gamma"), "down.0.bn1.weight");
+        assert_eq!(torch_name("down.0.bn1.running_mean"), "down.0.bn1.running_mean");
+    }
+}

@@ -1,0 +1,284 @@
+//! Inference on images of any size.
+//!
+//! U-Net (unpadded) uses the paper's overlap-tile strategy: output tiles of the training size,
+//! each computed from its input tile with the missing context mirrored at the image borders; a
+//! valid-convolution network sees the same context for a pixel whichever tile computes it, so
+//! tiles stitch without seams and an image that fits in one tile gets exactly the whole-image
+//! result. FCN (and padded U-Net) take whole images up to `max_side`; larger images go through a
+//! sliding window whose overlapping logits are blended with a tapered (not uniform) weight.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::softmax;
+use segkit_data::transform::cut;
+use segkit_data::{ImageBuf, Normalize};
+use segkit_models::{ModelKind, SegModel, input_size_for_output, unet_output_size};
+use serde::Serialize;
+
+use crate::TrainError;
+use crate::checkpoint::ClassInfo;
+use crate::config::RunConfig;
+use crate::eval::eval_geometry;
+use crate::export;
+use crate::objects::{Object, find_objects};
+use crate::params::to_f32;
+
+/// A model ready to predict.
+pub struct Predictor {
+    pub config: RunConfig,
+    pub classes: ClassInfo,
+    pub model: SegModel,
+    pub device: Device,
+    /// U-Net output tile side; FCN window side for large images.
+    pub tile: usize,
+    /// FCN: images with both sides up to this go through whole.
+    pub max_side: usize,
+}
+
+/// Options of [`Predictor::predict`].
+#[derive(Debug, Clone)]
+pub struct PredictOptions {
+    pub min_area: usize,
+    /// Classes that are not objects (background).
+    pub skip_classes: Vec<u8>,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        Self { min_area: 1, skip_classes: vec![0] }
+    }
+}
+
+/// The result for one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub width: usize,
+    pub height: usize,
+    /// Class index per pixel, row-major.
+    #[serde(skip)]
+    pub mask: Vec<u8>,
+    /// Softmax probability of the winning class per pixel.
+    #[serde(skip)]
+    pub confidence: Vec<f32>,
+    /// Pixels per class.
+    pub class_areas: Vec<usize>,
+    pub objects: Vec<Object>,
+}
+
+impl Prediction {
+    /// Instance masks as `[N, H, W]` (0/1), with their shape.
+    pub fn masks(&self) -> (Vec<u8>, [usize; 3]) {
+        let hw = self.width * self.height;
+        let mut out = vec![0u8; self.objects.len() * hw];
+        for (k, o) in self.objects.iter().enumerate() {
+            for &i in &o.pixels {
+                out[k * hw + i] = 1;
+            }
+        }
+        (out, [self.objects.len(), self.height, self.width])
+    }
+
+    /// Boxes as `[N, 6]`: x1, y1, x2, y2, confidence, class.
+    pub fn boxes(&self) -> Vec<[f32; 6]> {
+        self.objects.iter().map(|o| [o.xyxy[0], o.xyxy[1], o.xyxy[2], o.xyxy[3], o.confidence, o.class_id as f32]).collect()
+    }
+}
+
+impl Predictor {
+    /// From a run directory, a checkpoint, or a file written by `segkit export`.
+    pub fn load(path: &Path, device: &Device) -> Result<Predictor, TrainError> {
+        let (config, classes, model) = if path.is_file() && export::is_export(path) {
+            export::load(path, device)?
+        } else {
+            let l = crate::eval::load_run(path, device)?;
+            (l.config, l.classes, l.model)
+        };
+        let tile = if config.augment.crop > 0 { config.augment.crop } else { 512 };
+        Ok(Predictor { config, classes, model, device: device.clone(), tile, max_side: 1024 })
+    }
+
+    fn normalize(&self) -> Normalize {
+        self.config.augment.normalize
+    }
+
+    /// Softmax probabilities `[C, out_h, out_w]` of one network input.
+    fn probs(&self, input: &ImageBuf) -> Vec<f32> {
+        let mut data = vec![0f32; input.data.len()];
+        self.normalize().apply(input, &mut data);
+        let x = Tensor::<4>::from_data(TensorData::new(data, [1, input.channels, input.height, input.width]), &self.device);
+        to_f32(softmax(self.model.forward(x), 1))
+    }
+
+    /// Class probabilities `[C, H, W]` for the whole image.
+    pub fn probabilities(&self, img: &ImageBuf) -> Result<Vec<f32>, TrainError> {
+        let m = &self.config.model;
+        let (h, w, c) = (img.height, img.width, m.classes);
+        let img = img.clone().with_channels(m.in_channels);
+        let mut out = vec![0f32; c * h * w];
+        let no_labels = vec![0u8; h * w];
+        if m.model == ModelKind::Unet && !m.padded {
+            // Overlap-tile: one tile when the image fits, else a grid of output tiles.
+            let ((in_h, in_w), margin) = eval_geometry(m, h, w)?;
+            let tile_in = input_size_for_output(self.tile, m.depth, false)
+                .ok_or_else(|| TrainError::Config(format!("no U-Net tile for output {}", self.tile)))?;
+            let t = unet_output_size(tile_in, m.depth, false).expect("valid by construction");
+            let (oh, ow) = (in_h - 2 * margin, in_w - 2 * margin);
+            if oh <= t && ow <= t {
+                let (inp, _, _) = cut(&img, &no_labels, 0, 0, oh, ow, margin, true, 0);
+                let p = self.probs(&inp);
+                paste(&mut out, &p, (h, w), (oh, ow), (0, 0), c);
+                return Ok(out);
+            }
+            let margin = (tile_in - t) / 2;
+            for oy in tile_starts(h, t) {
+                for ox in tile_starts(w, t) {
+                    let (inp, _, _) = cut(&img, &no_labels, oy as isize, ox as isize, t, t, margin, true, 0);
+                    let p = self.probs(&inp);
+                    paste(&mut out, &p, (h, w), (t, t), (oy, ox), c);
+                }
+            }
+            return Ok(out);
+        }
+        // FCN and padded U-Net: whole image (padded U-Net to its next valid size, mirrored).
+        let whole = |img: &ImageBuf| -> Result<Vec<f32>, TrainError> {
+            let ((in_h, in_w), _) = eval_geometry(m, img.height, img.width)?;
+            let labels = vec![0u8; img.width * img.height];
+            let (inp, _, _) = cut(img, &labels, 0, 0, in_h, in_w, 0, true, 0);
+            let p = self.probs(&inp);
+            let mut o = vec![0f32; c * img.height * img.width];
+            paste(&mut o, &p, (img.height, img.width), (in_h, in_w), (0, 0), c);
+            Ok(o)
+        };
+        if h <= self.max_side && w <= self.max_side {
+            return whole(&img);
+        }
+        // Sliding window with tapered blending of the probabilities.
+        let s = self.tile.min(self.max_side).max(32);
+        let mut weight_sum = vec![0f32; h * w];
+        let taper = |i: usize, n: usize| ((i.min(n - 1 - i) + 1) as f32 / (n as f32 / 2.0)).min(1.0);
+        for oy in window_starts(h, s) {
+            for ox in window_starts(w, s) {
+                let (wh, ww) = (s.min(h), s.min(w));
+                let (win, _, _) = cut(&img, &no_labels, oy as isize, ox as isize, wh, ww, 0, true, 0);
+                let p = whole(&win)?;
+                for y in 0..wh {
+                    for x in 0..ww {
+                        let wt = taper(y, wh) * taper(x, ww);
+                        let i = (oy + y) * w + ox + x;
+                        weight_sum[i] += wt;
+                        for k in 0..c {
+                            out[k * h * w + i] += wt * p[k * wh * ww + y * ww + x];
+                        }
+                    }
+                }
+            }
+        }
+        for k in 0..c {
+            for i in 0..h * w {
+                out[k * h * w + i] /= weight_sum[i];
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn predict(&self, img: &ImageBuf, opts: &PredictOptions) -> Result<Prediction, TrainError> {
+        let probs = self.probabilities(img)?;
+        let (h, w, c) = (img.height, img.width, self.config.model.classes);
+        let mut mask = vec![0u8; h * w];
+        let mut confidence = vec![0f32; h * w];
+        let mut class_areas = vec![0usize; c];
+        for i in 0..h * w {
+            let (mut best, mut bp) = (0usize, f32::MIN);
+            for k in 0..c {
+                let p = probs[k * h * w + i];
+                if p > bp {
+                    (best, bp) = (k, p);
+                }
+            }
+            mask[i] = best as u8;
+            confidence[i] = bp;
+            class_areas[best] += 1;
+        }
+        let objects = find_objects(&mask, &confidence, w, h, &self.classes.names, &opts.skip_classes, opts.min_area);
+        Ok(Prediction { width: w, height: h, mask, confidence, class_areas, objects })
+    }
+}
+
+/// Copies the top-left `h x w` part (or less at the borders) of `src` (`[C, sh, sw]`) into `dst`
+/// (`[C, H, W]`) at (`oy`, `ox`).
+fn paste(dst: &mut [f32], src: &[f32], (h, w): (usize, usize), (sh, sw): (usize, usize), (oy, ox): (usize, usize), c: usize) {
+    for k in 0..c {
+        for y in 0..sh.min(h.saturating_sub(oy)) {
+            for x in 0..sw.min(w.saturating_sub(ox)) {
+                dst[k * h * w + (oy + y) * w + ox + x] = src[k * sh * sw + y * sw + x];
+            }
+        }
+    }
+}
+
+/// Output-tile origins covering `n` pixels with tiles of `t`; the last tile is aligned to the
+/// border (overlapping its neighbour) rather than hanging over it.
+pub fn tile_starts(n: usize, t: usize) -> Vec<usize> {
+    if n <= t {
+        return vec![0];
+    }
+    let mut v: Vec<usize> = (0..n - t).step_by(t).collect();
+    v.push(n - t);
+    v.dedup();
+    v
+}
+
+/// Sliding-window origins with one third overlap.
+fn window_starts(n: usize, s: usize) -> Vec<usize> {
+    if n <= s {
+        return vec![0];
+    }
+    let stride = (2 * s / 3).max(1);
+    let mut v: Vec<usize> = (0..n - s).step_by(stride).collect();
+    v.push(n - s);
+    v.dedup();
+    v
+}
+
+/// The image blended with the coloured mask, with a legend of the classes present.
+pub fn overlay(img: &ImageBuf, pred: &Prediction, classes: &ClassInfo) -> crate::plot::Canvas {
+    let legend_h = 14 * pred.class_areas.iter().filter(|&&a| a > 0).count() + 8;
+    let mut c = crate::plot::Canvas::new(img.width, img.height + legend_h, [255, 255, 255]);
+    for y in 0..img.height {
+        for x in 0..img.width {
+            let p = img.px(x, y);
+            let base = if img.channels >= 3 { [p[0], p[1], p[2]] } else { [p[0]; 3] };
+            let l = pred.mask[y * img.width + x] as usize;
+            let col = classes.colors.get(l).copied().unwrap_or([0, 0, 0]);
+            let mix = |a: u8, b: u8| ((a as u16 + b as u16) / 2) as u8;
+            let out = if l == 0 { base } else { [mix(base[0], col[0]), mix(base[1], col[1]), mix(base[2], col[2])] };
+            c.set(x as isize, y as isize, out);
+        }
+    }
+    let mut y = img.height as isize + 4;
+    for (k, &a) in pred.class_areas.iter().enumerate() {
+        if a == 0 {
+            continue;
+        }
+        c.rect(4, y, 10, 10, classes.colors.get(k).copied().unwrap_or([0, 0, 0]));
+        let pct = 100.0 * a as f64 / (img.width * img.height) as f64;
+        c.text(18, y + 2, &format!("{} {:.1}%", classes.names.get(k).cloned().unwrap_or_default(), pct), [0, 0, 0], 1);
+        y += 14;
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_without_overhang() {
+        assert_eq!(tile_starts(100, 388), vec![0]);
+        assert_eq!(tile_starts(10, 4), vec![0, 4, 6]);
+        assert_eq!(tile_starts(8, 4), vec![0, 4]);
+        assert_eq!(window_starts(10, 6), vec![0, 4]);
+    }
+}

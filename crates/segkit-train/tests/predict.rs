@@ -1,0 +1,98 @@
+//! Inference: overlap-tile stitching, sliding windows, export round trip, the Python check.
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use segkit_data::synth::synth_sample;
+use segkit_models::SegModel;
+use segkit_train::RunConfig;
+use segkit_train::checkpoint::ClassInfo;
+use segkit_train::export::{export, load};
+use segkit_train::predict::{PredictOptions, Predictor};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("segkit-predict-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn predictor(overrides: &[&str], tile: usize, max_side: usize) -> Predictor {
+    let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    let config = RunConfig::quickstart(&o).unwrap();
+    let device = Device::flex();
+    device.seed(3);
+    let model = SegModel::new(&config.model, &device).unwrap();
+    let classes = ClassInfo {
+        names: segkit_data::synth::SYNTH_CLASSES.iter().map(|s| s.to_string()).collect(),
+        colors: (0..4).map(segkit_data::classes::voc_color).collect(),
+        ignore_index: 255,
+    };
+    Predictor { config, classes, model, device, tile, max_side }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Unpadded U-Net: the same image through 1 tile and through many tiles gives the same result.
+#[test]
+fn overlap_tiles_stitch_without_seams() {
+    let unet = ["model.padded=false", "model.batch_norm=false", "model.depth=2", "model.base_width=2"];
+    let (img, _) = synth_sample(1, 0, 37, 3);
+    let one = predictor(&unet, 64, 1024).probabilities(&img).unwrap();
+    let many = predictor(&unet, 12, 1024).probabilities(&img).unwrap();
+    assert!(max_diff(&one, &many) < 1e-4, "tiles differ from the whole image by {}", max_diff(&one, &many));
+}
+
+/// FCN: a sliding window over a large image agrees with the whole image where both are defined
+/// well inside, and covers every pixel.
+#[test]
+fn fcn_sliding_window_covers_the_image() {
+    let fcn = ["model.model=\"fcn8s\"", "model.base_width=1", "model.fc_width=4", "augment.crop=32"];
+    let (img, _) = synth_sample(2, 0, 40, 3);
+    let p = predictor(&fcn, 32, 24);
+    let probs = p.probabilities(&img).unwrap();
+    let hw = 40 * 40;
+    for i in 0..hw {
+        let s: f32 = (0..4).map(|k| probs[k * hw + i]).sum();
+        assert!((s - 1.0).abs() < 1e-4, "pixel {i}: probabilities sum to {s}");
+    }
+    let pred = p.predict(&img, &PredictOptions::default()).unwrap();
+    let (masks, shape) = pred.masks();
+    assert_eq!(shape, [pred.objects.len(), 40, 40]);
+    assert_eq!(masks.iter().map(|&v| v as usize).sum::<usize>(), pred.objects.iter().map(|o| o.area).sum::<usize>());
+    assert_eq!(pred.boxes().len(), pred.objects.len());
+}
+
+#[test]
+fn exported_file_gives_identical_outputs() {
+    let dir = scratch("export");
+    for overrides in [vec!["model.base_width=2"], vec!["model.model=\"fcn16s\"", "model.base_width=1", "model.fc_width=4"]] {
+        let p = predictor(&overrides, 48, 1024);
+        let path = dir.join("model.safetensors");
+        export(&p.model, &p.config, &p.classes, &path, false).unwrap();
+        let (config, classes, model) = load(&path, &Device::flex()).unwrap();
+        assert_eq!(config.model, p.config.model);
+        assert_eq!(classes, p.classes);
+        let (img, _) = synth_sample(4, 1, 32, 3);
+        let reloaded = Predictor { config, classes, model, device: Device::flex(), tile: 48, max_side: 1024 };
+        let (a, b) = (p.probabilities(&img).unwrap(), reloaded.probabilities(&img).unwrap());
+        assert_eq!(max_diff(&a, &b), 0.0);
+        // f16 export loads too, within half precision.
+        export(&p.model, &p.config, &p.classes, &path, true).unwrap();
+        let (config, classes, model) = load(&path, &Device::flex()).unwrap();
+        let half = Predictor { config, classes, model, device: Device::flex(), tile: 48, max_side: 1024 };
+        assert!(max_diff(&a, &half.probabilities(&img).unwrap()) < 2e-2);
+        // The Python check, where Python has safetensors and numpy.
+        let ok = std::process::Command::new("python3").args(["-c", "import safetensors, numpy"]).status().is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping the Python check of the export: python3 with the safetensors and numpy packages is not available");
+            continue;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/check_export.py");
+        let out = std::process::Command::new("python3").arg(script).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -1,0 +1,77 @@
+//! `segkit bench`: timed training or inference steps; figures for docs/BENCHMARKS.md.
+
+use anyhow::{Result, bail};
+use segkit_models::{ModelConfig, ModelKind};
+use segkit_train::bench::{self, Mode};
+use segkit_train::device;
+
+use crate::progress;
+use crate::summary::parse_size;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// fcn32s, fcn16s, fcn8s, fcn8s-atonce or unet.
+    #[arg(long)]
+    model: String,
+    /// Input size, H or HxW.
+    #[arg(long)]
+    size: String,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Classes (default 21 for FCN, 2 for U-Net).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Input channels (default 3 for FCN, 1 for U-Net).
+    #[arg(long)]
+    in_channels: Option<usize>,
+    /// Width of the first level (64 = the paper's model).
+    #[arg(long, default_value_t = 64)]
+    base_width: usize,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed warm-up steps (autotune, kernel compilation).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// train (forward + loss + backward + SGD update) or infer.
+    #[arg(long, default_value = "train")]
+    mode: String,
+    /// Print the figures as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    let Some(kind) = ModelKind::parse(&a.model) else { bail!("unknown model `{}`", a.model) };
+    let mode = match a.mode.as_str() {
+        "train" => Mode::Train,
+        "infer" => Mode::Infer,
+        m => bail!("unknown mode `{m}`: expected train or infer"),
+    };
+    let unet = kind == ModelKind::Unet;
+    let mut cfg = ModelConfig::paper(kind, a.classes.unwrap_or(if unet { 2 } else { 21 }));
+    if let Some(c) = a.in_channels {
+        cfg.in_channels = c;
+    }
+    cfg.base_width = a.base_width;
+    cfg.fc_width = 4096 * a.base_width / 64;
+    let size = parse_size(&a.size)?;
+    let (dev, desc) = device::select(&a.device)?;
+    let bar = progress::bar((a.warmup + a.steps) as u64, "bench");
+    let r = bench::run(&cfg, size, a.batch, mode, a.warmup, a.steps, &dev, &desc, |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    println!(
+        "{} {:?} batch {} at {}x{} on {}",
+        r.model, r.mode, r.batch, r.height, r.width, r.device
+    );
+    println!("median        {:.1} ms/step over {} steps ({} warm-up)", r.ms_per_step, r.steps, r.warmup);
+    println!("throughput    {:.2} images/s", r.images_per_s);
+    println!("compute       {:.3} TFLOP/s ({:.1} GFLOP per step)", r.tflops, r.gflop_per_step);
+    println!("peak memory   {:.0} MiB ({})", r.peak_memory_mb, r.memory_source);
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(0)
+}
