@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
@@ -104,7 +104,7 @@ pub fn run(
                 bias_lr_mult: 1.0,
                 bias_decay: true,
             });
-            let (xa, ya) = (x.autodiff(), y.autodiff());
+            let (xa, ya) = (x.clone().autodiff(), y.clone().autodiff());
             for i in 0..warmup + steps {
                 progress(i, warmup + steps);
                 device.sync().map_err(|e| TrainError::Device(e.to_string()))?;

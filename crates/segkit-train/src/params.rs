@@ -18,11 +18,11 @@ pub struct HostTensor {
 }
 
 pub fn to_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec::<f32>().expect("converted to f32")
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("converted to f32")
 }
 
 pub fn to_i64<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
-    t.into_data().convert::<i64>().into_vec::<i64>().expect("converted to i64")
+    t.into_data().convert::<i64>().try_into_vec::<i64>().expect("converted to i64")
 }
 
 #[derive(Default)]
