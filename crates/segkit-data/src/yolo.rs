@@ -112,11 +112,13 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let check = |text: &str, line: usize| assert_eq!(parse_labels(text, 3).unwrap_err().0, line, "{text}");
-        check("1 0 0 1 0 1 1\n", 1);
+        check("1 0 0 1 0 1 1 0\n", 1);
         check("1 0 0 1 0 1 1 0 1\nx 0 0 1 0 1 1\n", 2);
         check("\n\n5 0 0 1 0 1 1\n", 3);
         check("1 0 0 1 0 nan 1\n", 1);
         check("1 0 0 2 0 1 1\n", 1);
-        check("1 0 0 1 0\n", 1);
+        check("1 0 0\n", 1);
+        // Six coordinates are a triangle and four a box: both fine.
+        assert_eq!(parse_labels("1 0 0 1 0 1 1\n2 0.5 0.5 0.2 0.2\n", 3).unwrap().len(), 2);
     }
 }

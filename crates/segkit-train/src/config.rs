@@ -166,6 +166,7 @@ impl RunConfig {
 fn apply_override(table: &mut toml::Table, kv: &str) -> Result<(), String> {
     let (key, value) = kv.split_once('=').ok_or("expected key=value")?;
     let (key, value) = (key.trim(), value.trim());
+    let raw = value;
     let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
         Ok(mut t) => t.remove("v").expect("parsed"),
         Err(_) => toml::Value::String(value.to_string()),
@@ -180,6 +181,11 @@ fn apply_override(table: &mut toml::Table, kv: &str) -> Result<(), String> {
             .as_table_mut()
             .ok_or_else(|| format!("`{s}` is not a section"))?;
     }
+    // A bare word for a key that holds a string is that string (`name=nan` is not a float).
+    let value = match (t.get(*last), value) {
+        (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(raw.to_string()),
+        (_, v) => v,
+    };
     t.insert(last.to_string(), value);
     Ok(())
 }

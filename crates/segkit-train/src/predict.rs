@@ -132,8 +132,11 @@ impl Predictor {
                 return Ok(out);
             }
             let margin = (tile_in - t) / 2;
-            for oy in tile_starts(h, t) {
-                for ox in tile_starts(w, t) {
+            // Tile origins on the pooling grid (multiples of 2^depth), so that every tile sees
+            // its pixels exactly as the whole-image pass would.
+            let align = 1usize << m.depth;
+            for oy in aligned_starts(h, t, align) {
+                for ox in aligned_starts(w, t, align) {
                     let (inp, _, _) = cut(&img, &no_labels, oy as isize, ox as isize, t, t, margin, true, 0);
                     let p = self.probs(&inp);
                     paste(&mut out, &p, (h, w), (t, t), (oy, ox), c);
@@ -218,15 +221,16 @@ fn paste(dst: &mut [f32], src: &[f32], (h, w): (usize, usize), (sh, sw): (usize,
     }
 }
 
-/// Output-tile origins covering `n` pixels with tiles of `t`; the last tile is aligned to the
-/// border (overlapping its neighbour) rather than hanging over it.
-pub fn tile_starts(n: usize, t: usize) -> Vec<usize> {
-    if n <= t {
-        return vec![0];
+/// Output-tile origins covering `n` pixels with tiles of `t`, every origin a multiple of
+/// `align`; the last tile may reach past the border (its context is mirrored, its extra output
+/// dropped).
+pub fn aligned_starts(n: usize, t: usize, align: usize) -> Vec<usize> {
+    let step = (t / align * align).max(align);
+    let mut v = vec![0];
+    while v[v.len() - 1] + t < n {
+        let next = v[v.len() - 1] + step;
+        v.push(next);
     }
-    let mut v: Vec<usize> = (0..n - t).step_by(t).collect();
-    v.push(n - t);
-    v.dedup();
     v
 }
 
@@ -276,9 +280,9 @@ mod tests {
 
     #[test]
     fn tiles_cover_without_overhang() {
-        assert_eq!(tile_starts(100, 388), vec![0]);
-        assert_eq!(tile_starts(10, 4), vec![0, 4, 6]);
-        assert_eq!(tile_starts(8, 4), vec![0, 4]);
         assert_eq!(window_starts(10, 6), vec![0, 4]);
+        assert_eq!(aligned_starts(100, 388, 16), vec![0]);
+        assert_eq!(aligned_starts(512, 388, 16), vec![0, 384]);
+        assert_eq!(aligned_starts(30, 12, 4), vec![0, 12, 24]);
     }
 }

@@ -11,6 +11,10 @@ use segkit_train::RunConfig;
 use segkit_train::eval::{evaluate, load_run};
 use segkit_train::trainer::{Event, Observer, Outcome, TrainOptions, train};
 
+/// Burn's device RNG (weight init, dropout) is per process: runs in one test binary take turns,
+/// as two trainings in one process would have to.
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("segkit-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -68,6 +72,7 @@ fn run(cfg: RunConfig, resume: Option<PathBuf>, stop_at: usize) -> (Outcome, Vec
 
 #[test]
 fn resume_continues_exactly_and_eval_reproduces_best() {
+    let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let out = scratch("resume");
     // Uninterrupted: 2 epochs of 4 steps.
     let (a, losses_a) = run(tiny(&out, &["name=a"]), None, usize::MAX);
@@ -105,6 +110,7 @@ fn resume_continues_exactly_and_eval_reproduces_best() {
 
 #[test]
 fn exploding_loss_stops_with_advice() {
+    let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let out = scratch("nan");
     let cfg = tiny(&out, &["name=nan", "train.optimizer=\"sgd\"", "train.lr=1e30", "train.warmup_steps=0", "model.batch_norm=false"]);
     let stop = Arc::new(AtomicBool::new(false));
