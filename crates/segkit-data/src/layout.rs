@@ -246,7 +246,7 @@ impl Dataset {
         } else {
             return Err(DataError::layout(
                 root,
-                "no class names found: add class_names.txt to the dataset, or set data.class_names or data.num_classes",
+                "no class names found: add class_names.txt to the dataset, set data.class_names or data.num_classes in the config, or pass --classes a,b,... or --num-classes N to `segkit data check`",
             ));
         };
         if ds.splits.iter().all(|s| s.samples.is_empty()) {

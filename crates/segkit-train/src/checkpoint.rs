@@ -21,6 +21,7 @@ const FORMAT: &str = "segkit-checkpoint-1";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
     pub step: usize,
+    /// Completed epochs.
     pub epoch: usize,
     pub train_loss: f64,
     pub val_loss: f64,

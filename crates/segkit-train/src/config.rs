@@ -69,6 +69,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// A run directory or checkpoint to initialise from, matching layers by name (staged FCN).
     pub init_from: String,
+    /// Validate on the first this many images of the split (0: the whole split, the default;
+    /// a limit is for quick CPU experiments and is recorded in the run's config).
+    pub val_limit: usize,
     /// Validation images in the `val_samples.png` grid.
     pub grid_images: usize,
     /// Where run directories go.

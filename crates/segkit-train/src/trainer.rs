@@ -174,7 +174,10 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         )));
     }
     let train_samples = ds.split(&cfg.data.train_split)?;
-    let val_samples = ds.split(&cfg.data.val_split)?;
+    let mut val_samples = ds.split(&cfg.data.val_split)?;
+    if t.val_limit > 0 {
+        val_samples.truncate(t.val_limit);
+    }
     let window = train_window(&cfg)?;
     let is_unet_valid = cfg.model.model == segkit_models::ModelKind::Unet && !cfg.model.padded;
     let spec = LoaderSpec {
@@ -366,14 +369,16 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             }
         }
         drop(loader);
-        let finished_epoch = state.batch >= usable || state.step >= total_steps;
+        let finished_epoch = state.batch >= usable;
+        // Completed epochs, for the record: the epoch just run counts once its last batch is in.
+        let epochs_done = epoch + usize::from(finished_epoch);
         if finished_epoch && state.step < total_steps {
             state.epoch += 1;
             state.batch = 0;
         }
         let last = state.step >= total_steps;
-        if last || (finished_epoch && state.epoch % t.val_every.max(1) == 0) {
-            validate(&run, &model, &ds, &val_samples, weights_eval.as_ref(), &mut state, &mut loss_since_val, &sched, started, elapsed0, obs)?;
+        if last || (finished_epoch && epochs_done % t.val_every.max(1) == 0) {
+            validate(&run, &model, &ds, &val_samples, weights_eval.as_ref(), &mut state, epochs_done, &mut loss_since_val, &sched, started, elapsed0, obs)?;
             run.save(&model, &opt, &state, obs)?;
             if state.best_step == state.step {
                 let best = dir.join("best.safetensors");
@@ -394,6 +399,7 @@ fn validate(
     val: &[segkit_data::SampleRef],
     weights: Option<&Tensor<1>>,
     state: &mut TrainState,
+    epochs_done: usize,
     loss_since_val: &mut (f64, usize),
     sched: &LrSchedule,
     started: Instant,
@@ -408,7 +414,7 @@ fn validate(
     let scores = pass.cm.scores();
     let row = MetricsRow {
         step: state.step,
-        epoch: state.epoch,
+        epoch: epochs_done,
         train_loss: if loss_since_val.1 > 0 { loss_since_val.0 / loss_since_val.1 as f64 } else { f64::NAN },
         val_loss: pass.loss,
         pixel_acc: scores.pixel_acc,

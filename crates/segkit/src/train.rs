@@ -57,7 +57,7 @@ impl Observer for Progress {
                 }
             }
             Event::Step { step, total, epoch, loss, lr, images_per_s } => {
-                let msg = format!("epoch {epoch} loss {loss:.4} lr {lr:.2e} {images_per_s:.1} img/s");
+                let msg = format!("epoch {} loss {loss:.4} lr {lr:.2e} {images_per_s:.1} img/s", epoch + 1);
                 match &self.bar {
                     Some(b) => {
                         b.set_position(step as u64);
@@ -77,7 +77,7 @@ impl Observer for Progress {
             }
             Event::Validated { row, scores, classes, best } => {
                 let line = format!(
-                    "validation at step {} (epoch {}): loss {:.4}, pixel acc {:.4}, mean acc {:.4}, mean IoU {:.4}, fw IoU {:.4}, Dice {:.4}{}",
+                    "validation at step {} ({} epochs): loss {:.4}, pixel acc {:.4}, mean acc {:.4}, mean IoU {:.4}, fw IoU {:.4}, Dice {:.4}{}",
                     row.step,
                     row.epoch,
                     row.val_loss,
