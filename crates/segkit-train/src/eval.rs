@@ -55,6 +55,12 @@ pub struct EvalPass {
     pub loss: f64,
     /// The first few samples: image, ground truth, prediction (image size).
     pub kept: Vec<(ImageBuf, Vec<u8>, Vec<u8>)>,
+    /// One confusion matrix per image (for bootstrap intervals); they sum to `cm`.
+    pub per_image: Vec<ConfusionMatrix>,
+    /// Seconds spent in forward passes and argmax, the device synchronised around them.
+    pub forward_s: f64,
+    /// Network input size of the first image.
+    pub input_hw: (usize, usize),
 }
 
 /// Runs `model` (on a device without autodiff) over `samples`.
@@ -74,6 +80,8 @@ pub fn evaluate(
     let mut cm = ConfusionMatrix::new(n);
     let (mut loss_sum, mut valid) = (0f64, 0u64);
     let mut kept = Vec::new();
+    let mut per_image = Vec::with_capacity(samples.len());
+    let (mut forward_s, mut input_hw) = (0f64, (0, 0));
     for (i, s) in samples.iter().enumerate() {
         progress(i, samples.len());
         let (img, labels) = ds.load(s, cfg.model.in_channels)?;
@@ -82,19 +90,28 @@ pub fn evaluate(
         let prep = eval_transform(&img, &labels, in_hw, margin, cfg.augment.normalize, ignore);
         let batch = HostBatch::stack(vec![prep], cfg.model.in_channels).map_err(TrainError::Config)?;
         let (x, y) = batch.to_device(device);
+        if i == 0 {
+            input_hw = in_hw;
+        }
+        let _ = device.sync();
+        let t0 = std::time::Instant::now();
         let logits = model.forward(x);
-        loss_sum += to_f32(cross_entropy(logits.clone(), y, ignore as i64, weights, Reduction::Sum))[0] as f64;
         let [_, _, oh, ow] = logits.dims();
-        let pred: Vec<u8> = to_i64(logits.argmax(1).reshape([oh, ow])).into_iter().map(|v| v as u8).collect();
+        let pred: Vec<u8> = to_i64(logits.clone().argmax(1).reshape([oh, ow])).into_iter().map(|v| v as u8).collect();
+        forward_s += t0.elapsed().as_secs_f64();
+        loss_sum += to_f32(cross_entropy(logits, y, ignore as i64, weights, Reduction::Sum))[0] as f64;
         valid += batch.labels.iter().filter(|&&l| (l as usize) < n).count() as u64;
-        cm.add(&pred, &batch.labels);
+        let mut one = ConfusionMatrix::new(n);
+        one.add(&pred, &batch.labels);
+        cm.merge(&one);
+        per_image.push(one);
         if kept.len() < keep {
             let crop = |v: &[u8]| (0..h).flat_map(|y| v[y * ow..y * ow + w].to_vec()).collect::<Vec<u8>>();
             kept.push((img, crop(&batch.labels), crop(&pred)));
         }
     }
     progress(samples.len(), samples.len());
-    Ok(EvalPass { cm, loss: if valid > 0 { loss_sum / valid as f64 } else { 0.0 }, kept })
+    Ok(EvalPass { cm, loss: if valid > 0 { loss_sum / valid as f64 } else { 0.0 }, kept, per_image, forward_s, input_hw })
 }
 
 /// `eval.json` of a run.
@@ -115,6 +132,8 @@ pub struct Loaded {
     pub model: SegModel,
     pub checkpoint: PathBuf,
     pub step: usize,
+    /// Training state at the checkpoint: step, time, metric history.
+    pub state: crate::checkpoint::TrainState,
 }
 
 /// The checkpoint file of `run`: the file itself, or `best.safetensors` (else `last`) in a run
@@ -145,7 +164,7 @@ pub fn load_run(run: &Path, device: &Device) -> Result<Loaded, TrainError> {
             format!("weights do not fit the model: missing {:?}, mismatched {:?}", report.missing, report.mismatched),
         ));
     }
-    Ok(Loaded { config, classes: ck.classes, model, checkpoint: path, step: ck.state.step })
+    Ok(Loaded { config, classes: ck.classes, model, checkpoint: path, step: ck.state.step, state: ck.state })
 }
 
 impl EvalReport {

@@ -248,8 +248,19 @@ fn window_starts(n: usize, s: usize) -> Vec<usize> {
 
 /// The image blended with the coloured mask, with a legend of the classes present.
 pub fn overlay(img: &ImageBuf, pred: &Prediction, classes: &ClassInfo) -> crate::plot::Canvas {
-    let legend_h = 14 * pred.class_areas.iter().filter(|&&a| a > 0).count() + 8;
-    let mut c = crate::plot::Canvas::new(img.width, img.height + legend_h, [255, 255, 255]);
+    let legend: Vec<(usize, String)> = pred
+        .class_areas
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| **a > 0)
+        .map(|(k, &a)| {
+            let pct = 100.0 * a as f64 / (img.width * img.height).max(1) as f64;
+            (k, format!("{} {:.1}%", classes.names.get(k).cloned().unwrap_or_default(), pct))
+        })
+        .collect();
+    let legend_w = legend.iter().map(|(_, t)| crate::plot::Canvas::text_width(t, 1) + 22).max().unwrap_or(0);
+    let legend_h = 14 * legend.len() + 8;
+    let mut c = crate::plot::Canvas::new(img.width.max(legend_w), img.height + legend_h, [255, 255, 255]);
     for y in 0..img.height {
         for x in 0..img.width {
             let p = img.px(x, y);
@@ -262,13 +273,9 @@ pub fn overlay(img: &ImageBuf, pred: &Prediction, classes: &ClassInfo) -> crate:
         }
     }
     let mut y = img.height as isize + 4;
-    for (k, &a) in pred.class_areas.iter().enumerate() {
-        if a == 0 {
-            continue;
-        }
-        c.rect(4, y, 10, 10, classes.colors.get(k).copied().unwrap_or([0, 0, 0]));
-        let pct = 100.0 * a as f64 / (img.width * img.height) as f64;
-        c.text(18, y + 2, &format!("{} {:.1}%", classes.names.get(k).cloned().unwrap_or_default(), pct), [0, 0, 0], 1);
+    for (k, text) in &legend {
+        c.rect(4, y, 10, 10, classes.colors.get(*k).copied().unwrap_or([0, 0, 0]));
+        c.text(18, y + 2, text, [0, 0, 0], 1);
         y += 14;
     }
     c

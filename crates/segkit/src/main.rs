@@ -4,6 +4,7 @@
 //! this crate prints; one file per subcommand.
 
 mod bench;
+mod compare;
 mod data;
 mod eval;
 mod export;
@@ -34,6 +35,8 @@ enum Command {
     Predict(predict::Args),
     /// Write a run's weights as safetensors under PyTorch state-dict names.
     Export(export::Args),
+    /// Evaluate runs side by side: report.md, report.csv, curves, per-class IoU, samples.
+    Compare(compare::Args),
     /// Time training or inference steps (median ms/step, images/s, TFLOP/s, peak memory).
     Bench(bench::Args),
     /// Evaluate a run's checkpoint on a split: the four FCN metrics, Dice and per-class IoU.
@@ -48,6 +51,7 @@ fn main() {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Export(a) => export::run(a),
     };

@@ -27,11 +27,23 @@ pub struct Args {
     resume: Option<PathBuf>,
 }
 
-struct Progress {
+pub struct Progress {
     bar: Option<ProgressBar>,
     started: Instant,
     every: usize,
     classes_printed: bool,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Progress { bar: None, started: Instant::now(), every: 1, classes_printed: false }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
 }
 
 impl Observer for Progress {
@@ -108,6 +120,21 @@ impl Observer for Progress {
     }
 }
 
+/// A flag raised by Ctrl-C; a second Ctrl-C exits at once.
+pub fn ctrl_c() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C: the user really wants out.
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint at the end of this step (press again to quit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
 pub fn run(a: Args) -> Result<i32> {
     let mut overrides = a.set.clone();
     if let Some(d) = &a.device {
@@ -124,23 +151,10 @@ pub fn run(a: Args) -> Result<i32> {
             RunConfig::quickstart(&overrides)?
         }
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                // A second Ctrl-C: the user really wants out.
-                std::process::exit(130);
-            }
-            eprintln!("\nCtrl-C: saving a checkpoint at the end of this step (press again to quit at once)");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
-    let mut obs = Progress { bar: None, started: Instant::now(), every: 1, classes_printed: false };
+    let stop = ctrl_c()?;
+    let mut obs = Progress::new();
     let outcome = train(cfg, TrainOptions { resume: a.resume.clone(), stop }, &mut obs);
-    if let Some(b) = &obs.bar {
-        b.finish_and_clear();
-    }
+    obs.finish();
     match outcome? {
         Outcome::Finished { run_dir, steps, best_miou, best_step } => {
             println!(
