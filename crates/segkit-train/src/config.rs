@@ -67,6 +67,9 @@ pub struct TrainConfig {
     pub workers: usize,
     pub prefetch: usize,
     pub seed: u64,
+    /// FCN: trunk weights to start from (`segkit import vgg16` output, or torchvision's VGG16
+    /// `.pth`/`.safetensors` directly); augment.normalize must match what they were trained with.
+    pub backbone_weights: String,
     /// A run directory or checkpoint to initialise from, matching layers by name (staged FCN).
     pub init_from: String,
     /// Validate on the first this many images of the split (0: the whole split, the default;

@@ -153,6 +153,10 @@ pub fn checkpoint_path(run: &Path) -> Result<PathBuf, TrainError> {
 
 /// Loads a run's model onto `device` (no autodiff).
 pub fn load_run(run: &Path, device: &Device) -> Result<Loaded, TrainError> {
+    if run.is_file() && crate::export::is_export(run) {
+        let (config, classes, model) = crate::export::load(run, device)?;
+        return Ok(Loaded { config, classes, model, checkpoint: run.to_path_buf(), step: 0, state: Default::default() });
+    }
     let path = checkpoint_path(run)?;
     let ck = Checkpoint::load(&path)?;
     let config = RunConfig::parse(&ck.config, &format!("{} (config)", path.display()), &[], Path::new("."))?;

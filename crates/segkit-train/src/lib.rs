@@ -12,6 +12,7 @@ pub mod config;
 pub mod device;
 pub mod eval;
 pub mod export;
+pub mod import;
 pub mod loss;
 pub mod metrics;
 pub mod objects;
@@ -19,6 +20,7 @@ pub mod optim;
 pub mod params;
 pub mod plot;
 pub mod predict;
+pub mod torchfile;
 pub mod trainer;
 
 use std::path::{Path, PathBuf};

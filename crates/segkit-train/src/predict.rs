@@ -21,7 +21,6 @@ use crate::TrainError;
 use crate::checkpoint::ClassInfo;
 use crate::config::RunConfig;
 use crate::eval::eval_geometry;
-use crate::export;
 use crate::objects::{Object, find_objects};
 use crate::params::to_f32;
 
@@ -89,12 +88,8 @@ impl Prediction {
 impl Predictor {
     /// From a run directory, a checkpoint, or a file written by `segkit export`.
     pub fn load(path: &Path, device: &Device) -> Result<Predictor, TrainError> {
-        let (config, classes, model) = if path.is_file() && export::is_export(path) {
-            export::load(path, device)?
-        } else {
-            let l = crate::eval::load_run(path, device)?;
-            (l.config, l.classes, l.model)
-        };
+        let l = crate::eval::load_run(path, device)?;
+        let (config, classes, model) = (l.config, l.classes, l.model);
         let tile = if config.augment.crop > 0 { config.augment.crop } else { 512 };
         Ok(Predictor { config, classes, model, device: device.clone(), tile, max_side: 1024 })
     }

@@ -250,6 +250,21 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             dir.clone()
         }
         None => {
+            if !t.backbone_weights.is_empty() {
+                let path = Path::new(&t.backbone_weights);
+                let wanted = crate::import::backbone_normalize(path)?.unwrap_or(segkit_data::Normalize::Imagenet);
+                if wanted != cfg.augment.normalize {
+                    return Err(TrainError::Config(format!(
+                        "{} expects inputs normalised as {:?}; set augment.normalize to match (it is {:?})",
+                        path.display(),
+                        wanted,
+                        cfg.augment.normalize
+                    )));
+                }
+                let (m, n) = crate::import::load_backbone(model, path)?;
+                model = m;
+                notes.push(format!("trunk initialised from {} ({n} tensors; inputs normalised as {wanted:?})", path.display()));
+            }
             if !t.init_from.is_empty() {
                 let (path, ck) = init_weights(&t.init_from)?;
                 let (m, report) = params::load(model, &ck.model);

@@ -8,6 +8,7 @@ mod compare;
 mod data;
 mod eval;
 mod export;
+mod import;
 mod predict;
 mod progress;
 mod summary;
@@ -37,6 +38,8 @@ enum Command {
     Export(export::Args),
     /// Evaluate runs side by side: report.md, report.csv, curves, per-class IoU, samples.
     Compare(compare::Args),
+    /// Import PyTorch weights: torchvision VGG16 as the FCN trunk, or pytorch-fcn FCN models.
+    Import(import::Args),
     /// Time training or inference steps (median ms/step, images/s, TFLOP/s, peak memory).
     Bench(bench::Args),
     /// Evaluate a run's checkpoint on a split: the four FCN metrics, Dice and per-class IoU.
@@ -54,6 +57,7 @@ fn main() {
         Command::Compare(a) => compare::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Export(a) => export::run(a),
+        Command::Import(a) => import::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),
