@@ -90,15 +90,23 @@ class FCN(nn.Module):
         return self.upscore8(up4 + p3)[:, :, 31:31 + h, 31:31 + w].contiguous()
 
 
-class DoubleConv(nn.Sequential):
+class DoubleConv(nn.Module):
+    """Names as the reference state dict (`down.0.conv1.weight`), so segkit exports load."""
+
     def __init__(self, cin, cout):
-        super().__init__(nn.Conv2d(cin, cout, 3), nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3), nn.ReLU(inplace=True))
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3)
+        self.conv2 = nn.Conv2d(cout, cout, 3)
+
+    def forward(self, x):
+        return F.relu(self.conv2(F.relu(self.conv1(x))))
 
 
 class UNet(nn.Module):
     """The original U-Net: unpadded convs, 64-1024, up-conv 2x2, crop-and-concat [skip, up]."""
 
     def __init__(self, in_ch=1, n_class=2, base=64, depth=4):
+        # Unpadded only: this is the paper's model (segkit's padded/batch-norm options are not here).
         super().__init__()
         ch = [base << i for i in range(depth + 1)]
         self.down = nn.ModuleList([DoubleConv(in_ch if i == 0 else ch[i - 1], ch[i]) for i in range(depth)])

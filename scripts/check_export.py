@@ -3,7 +3,10 @@
 backend, no torch), holds the reference state-dict names with the expected shapes, and carries
 segkit's metadata. Exit status 0 when all is well.
 
-  python3 scripts/check_export.py model.safetensors
+  python3 scripts/check_export.py model.safetensors [--torch [--io io.json]]
+
+With --torch (and PyTorch installed), the weights are also loaded into the reference PyTorch
+model of bench/torch_bench.py.
 """
 import json
 import sys
@@ -65,6 +68,54 @@ def expected(arch):
     return out
 
 
+def torch_check(path, arch):
+    """Loads the file into the PyTorch reference model of bench/torch_bench.py, strictly; with
+    `--io FILE` (JSON with `input` and segkit's `output`), also compares the outputs."""
+    import importlib.util
+    import os
+
+    from safetensors.torch import load_file
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("tb", os.path.join(here, "..", "bench", "torch_bench.py"))
+    tb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tb)
+    if arch["model"] == "unet":
+        if arch["padded"] or arch["batch_norm"]:
+            return []  # the reference U-Net is the paper's; nothing to load it into
+        model = tb.UNet(arch["in_channels"], arch["classes"], arch["base_width"], arch["depth"])
+        state = load_file(path)
+    else:
+        model = tb.FCN(arch["model"].replace("-atonce", ""), arch["classes"], arch["base_width"], arch["fc_width"])
+        # pytorch-fcn's conv names: rename the torchvision-style `features.N` modules.
+        idx = [i for i, m in enumerate(model.features) if hasattr(m, "weight")]
+        names = [f"conv{s}_{r}" for s, n in enumerate([2, 2, 3, 3, 3], 1) for r in range(1, n + 1)]
+        sd = load_file(path)
+        renamed = {}
+        for k, v in sd.items():
+            head = k.split(".")[0]
+            renamed[f"features.{idx[names.index(head)]}.{k.split('.')[1]}" if head in names else k] = v
+        state = renamed
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        return [f"torch: missing {missing}, unexpected {unexpected}"]
+    if "--io" in sys.argv:
+        import torch
+
+        io = json.load(open(sys.argv[sys.argv.index("--io") + 1]))
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.tensor(io["input"]).reshape(io["shape"])).flatten()
+        want = torch.tensor(io["output"])
+        if out.shape != want.shape:
+            return [f"torch output has {out.numel()} values, segkit's {want.numel()}"]
+        diff = (out - want).abs().max().item()
+        if diff > 1e-4 * max(1.0, want.abs().max().item()):
+            return [f"torch and segkit outputs differ by {diff}"]
+        print(f"{path}: PyTorch output equals segkit's (max difference {diff:.2e})")
+    return []
+
+
 def main(path):
     with safe_open(path, framework="numpy") as f:
         meta = f.metadata() or {}
@@ -77,6 +128,8 @@ def main(path):
     problems = [f"missing {k} {s}" for k, s in want.items() if k not in have]
     problems += [f"unexpected {k} {s}" for k, s in have.items() if k not in want]
     problems += [f"{k}: shape {have[k]}, expected {s}" for k, s in want.items() if k in have and have[k] != s]
+    if not problems and "--torch" in sys.argv:
+        problems += torch_check(path, arch)
     for p in problems:
         print(f"{path}: {p}")
     if not problems:

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
 use serde::{Deserialize, Serialize};
 
 use crate::params::HostTensor;
@@ -89,32 +90,27 @@ pub struct Checkpoint {
     pub state: TrainState,
 }
 
-fn bytes_of(v: &[f32]) -> Vec<u8> {
+/// Little-endian f32 bytes, as safetensors stores them.
+pub fn bytes_of(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 impl Checkpoint {
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (k, t) in &self.model {
-            owned.push((format!("model.{k}"), t.shape.clone(), bytes_of(&t.values)));
+            tensors.push((format!("model.{k}"), t.shape.clone(), bytes_of(&t.values)));
         }
         for (k, t) in &self.optim {
-            owned.push((format!("optim.{k}"), t.shape.clone(), bytes_of(&t.values)));
+            tensors.push((format!("optim.{k}"), t.shape.clone(), bytes_of(&t.values)));
         }
-        let views = owned
-            .iter()
-            .map(|(k, s, b)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-            .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
         let meta = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("config".to_string(), self.config.clone()),
             ("classes".to_string(), serde_json::to_string(&self.classes).expect("serialisable")),
             ("state".to_string(), serde_json::to_string(&self.state).expect("serialisable")),
         ]);
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
-        write_atomic(path, &bytes)
+        write_safetensors(path, &tensors, Dtype::F32, meta)
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
@@ -153,4 +149,21 @@ pub fn read_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
         Dtype::BF16 => Ok(d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
         other => Err(format!("unsupported dtype {other:?}")),
     }
+}
+
+/// Writes `(name, shape, little-endian bytes)` tensors of one `dtype` with `meta` to `path`,
+/// atomically. Every safetensors file segkit writes goes through here.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    dtype: Dtype,
+    meta: HashMap<String, String>,
+) -> Result<(), TrainError> {
+    let views = tensors
+        .iter()
+        .map(|(k, s, b)| Ok((k.clone(), TensorView::new(dtype, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    write_atomic(path, &bytes)
 }

@@ -32,6 +32,8 @@ pub struct RunResult {
     pub input_hw: (usize, usize),
     pub ms_per_image: f64,
     pub peak_memory_mb: f64,
+    /// Step of the evaluated checkpoint (the best by validation mean IoU).
+    pub evaluated_step: usize,
     pub train_steps: usize,
     pub train_seconds: f64,
     pub history: Vec<crate::checkpoint::MetricsRow>,
@@ -99,6 +101,9 @@ pub fn compare(
         notes.push(format!("evaluated on the first {limit} of {} images of the split", split_samples.len()));
         split_samples.truncate(limit);
     }
+    if device_desc.starts_with("CPU") {
+        notes.push("peak memory on the CPU is the process's peak RSS after evaluating each run, so it can only grow down the table".into());
+    }
     let mut out = Vec::new();
     let mut kept_samples = Vec::new();
     for dir in runs {
@@ -122,6 +127,11 @@ pub fn compare(
             Some(u) if !device_desc.starts_with("CPU") => u.bytes_reserved as f64 / (1024.0 * 1024.0),
             _ => peak_rss_mb().unwrap_or(f64::NAN),
         };
+        // Training figures from the whole run (its last checkpoint), not from the evaluated one.
+        let state = match dir.join("last.safetensors") {
+            last if dir.is_dir() && last.is_file() => crate::checkpoint::Checkpoint::load(&last)?.state,
+            _ => loaded.state.clone(),
+        };
         if kept_samples.is_empty() {
             kept_samples = pass.kept.iter().map(|(img, gt, _)| (img.clone(), gt.clone())).collect();
         }
@@ -136,9 +146,10 @@ pub fn compare(
             input_hw: (h, w),
             ms_per_image: pass.forward_s * 1e3 / split_samples.len().max(1) as f64,
             peak_memory_mb: peak,
-            train_steps: loaded.state.step,
-            train_seconds: loaded.state.elapsed_s,
-            history: loaded.state.history.clone(),
+            evaluated_step: loaded.state.step,
+            train_steps: state.step,
+            train_seconds: state.elapsed_s,
+            history: state.history,
             predictions: pass.kept.into_iter().map(|(_, _, p)| p).collect(),
         });
     }
@@ -168,7 +179,7 @@ impl Comparison {
     pub fn write(&self, out: &Path) -> Result<Vec<PathBuf>, TrainError> {
         std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
         let mut csv = String::from(
-            "run,model,pixel_acc,mean_acc,mean_iou,mean_iou_ci_low,mean_iou_ci_high,fw_iou,mean_dice,parameters,gflop,input_h,input_w,ms_per_image,peak_memory_mb,train_steps,train_seconds",
+            "run,model,pixel_acc,mean_acc,mean_iou,mean_iou_ci_low,mean_iou_ci_high,fw_iou,mean_dice,parameters,gflop,input_h,input_w,ms_per_image,peak_memory_mb,evaluated_step,train_steps,train_seconds",
         );
         for c in &self.classes {
             let _ = write!(csv, ",iou_{c}");
@@ -178,9 +189,9 @@ impl Comparison {
             let s = &r.scores;
             let _ = write!(
                 csv,
-                "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{:.2},{},{},{:.2},{:.0},{},{:.0}",
+                "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{:.2},{},{},{:.2},{:.0},{},{},{:.0}",
                 r.name, r.model, s.pixel_acc, s.mean_acc, s.mean_iou, r.miou_ci.0, r.miou_ci.1, s.fw_iou, s.mean_dice,
-                r.parameters, r.gflop, r.input_hw.0, r.input_hw.1, r.ms_per_image, r.peak_memory_mb, r.train_steps, r.train_seconds
+                r.parameters, r.gflop, r.input_hw.0, r.input_hw.1, r.ms_per_image, r.peak_memory_mb, r.evaluated_step, r.train_steps, r.train_seconds
             );
             for v in &s.class_iou {
                 let _ = write!(csv, ",{}", v.map_or(String::new(), |v| format!("{v:.6}")));
@@ -194,15 +205,15 @@ impl Comparison {
         for n in &self.notes {
             let _ = writeln!(md, "Note: {n}.\n");
         }
-        md.push_str("| run | model | pixel acc | mean acc | mean IoU (95% CI) | fw IoU | mean Dice | parameters | GFLOP (input) | ms/image | peak MiB | train steps | train time |\n");
-        md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        md.push_str("| run | model | pixel acc | mean acc | mean IoU (95% CI) | fw IoU | mean Dice | parameters | GFLOP (input) | ms/image | peak MiB | evaluated step | train steps | train time |\n");
+        md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for r in &self.runs {
             let s = &r.scores;
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} ({}-{}) | {} | {} | {} | {:.1} ({}x{}) | {:.1} | {:.0} | {} | {:.0} s |",
+                "| {} | {} | {} | {} | {} ({}-{}) | {} | {} | {} | {:.1} ({}x{}) | {:.1} | {:.0} | {} | {} | {:.0} s |",
                 r.name, r.model, f4(s.pixel_acc), f4(s.mean_acc), f4(s.mean_iou), f4(r.miou_ci.0), f4(r.miou_ci.1), f4(s.fw_iou),
-                f4(s.mean_dice), r.parameters, r.gflop, r.input_hw.0, r.input_hw.1, r.ms_per_image, r.peak_memory_mb, r.train_steps, r.train_seconds
+                f4(s.mean_dice), r.parameters, r.gflop, r.input_hw.0, r.input_hw.1, r.ms_per_image, r.peak_memory_mb, r.evaluated_step, r.train_steps, r.train_seconds
             );
         }
         if self.runs.len() > 1 {

@@ -82,6 +82,12 @@ pub struct TrainConfig {
 }
 
 impl RunConfig {
+    /// A run directory's stored `config.toml` (see [`RunConfig::parse_stored`]).
+    pub fn load_stored(path: &Path, overrides: &[String]) -> Result<RunConfig, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        Self::parse_stored(&text, &path.display().to_string(), overrides)
+    }
+
     /// Reads `path` with `overrides` (`key=value`, dotted keys) applied; relative dataset paths
     /// are resolved against the file's folder.
     pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig, TrainError> {
@@ -96,8 +102,35 @@ impl RunConfig {
     }
 
     pub fn parse(text: &str, origin: &str, overrides: &[String], base: &Path) -> Result<RunConfig, TrainError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+        Self::from_table(table, origin, overrides, base)
+    }
+
+    /// A config a run stored (its `config.toml`, a checkpoint's or an export's metadata). Keys
+    /// added to segkit after the run was made are filled with their neutral values (those of the
+    /// quick start, which turn new features off), so older runs stay readable and resumable.
+    /// Unknown keys are still errors.
+    pub fn parse_stored(text: &str, origin: &str, overrides: &[String]) -> Result<RunConfig, TrainError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+        let defaults: toml::Table = toml::from_str(QUICKSTART).expect("the built-in quick start parses");
+        for (section, value) in defaults {
+            match (table.get_mut(&section), value) {
+                (Some(toml::Value::Table(have)), toml::Value::Table(neutral)) => {
+                    for (k, v) in neutral {
+                        have.entry(k).or_insert(v);
+                    }
+                }
+                (None, v) => {
+                    table.insert(section, v);
+                }
+                _ => {}
+            }
+        }
+        Self::from_table(table, origin, overrides, Path::new("."))
+    }
+
+    fn from_table(mut table: toml::Table, origin: &str, overrides: &[String], base: &Path) -> Result<RunConfig, TrainError> {
         let bad = |m: String| TrainError::Config(format!("{origin}: {m}"));
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         for o in overrides {
             apply_override(&mut table, o).map_err(|m| TrainError::Config(format!("--set {o}: {m}")))?;
         }
@@ -210,6 +243,16 @@ mod tests {
         // Round trip through the resolved file.
         let again = RunConfig::parse(&cfg.to_toml(), "resolved", &[], Path::new(".")).unwrap();
         assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn stored_configs_from_older_versions_still_load() {
+        let cfg = RunConfig::quickstart(&["name=old".into()]).unwrap();
+        let old = cfg.to_toml().replace("backbone_weights = \"\"\n", "").replace("val_limit = 0\n", "");
+        assert!(RunConfig::parse(&old, "old", &[], Path::new(".")).is_err(), "a hand-written config must be complete");
+        assert_eq!(RunConfig::parse_stored(&old, "old", &[]).unwrap(), cfg);
+        let typo = cfg.to_toml().replace("val_limit", "val_limt");
+        assert!(RunConfig::parse_stored(&typo, "typo", &[]).unwrap_err().to_string().contains("val_limt"));
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub fn load_run(run: &Path, device: &Device) -> Result<Loaded, TrainError> {
     }
     let path = checkpoint_path(run)?;
     let ck = Checkpoint::load(&path)?;
-    let config = RunConfig::parse(&ck.config, &format!("{} (config)", path.display()), &[], Path::new("."))?;
+    let config = RunConfig::parse_stored(&ck.config, &format!("{} (config)", path.display()), &[])?;
     let model = SegModel::new(&config.model, device)?;
     let (model, report) = params::load(model, &ck.model);
     if !report.missing.is_empty() || !report.mismatched.is_empty() {

@@ -14,13 +14,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::prelude::*;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 use segkit_models::SegModel;
 
-use crate::checkpoint::{ClassInfo, read_f32};
+use crate::checkpoint::{ClassInfo, read_f32, write_safetensors};
 use crate::config::RunConfig;
 use crate::params::{self, HostTensor};
-use crate::{TrainError, write_atomic};
+use crate::TrainError;
 
 const FORMAT: &str = "segkit-export-1";
 
@@ -60,11 +60,6 @@ pub fn export(model: &SegModel, config: &RunConfig, classes: &ClassInfo, out: &P
         })
         .collect();
     let dtype = if half { Dtype::F16 } else { Dtype::F32 };
-    let views = owned
-        .iter()
-        .map(|(k, s, b)| Ok((k.clone(), TensorView::new(dtype, s.clone(), b)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|e| TrainError::checkpoint(out, e.to_string()))?;
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("model".to_string(), config.model.model.name().to_string()),
@@ -75,8 +70,7 @@ pub fn export(model: &SegModel, config: &RunConfig, classes: &ClassInfo, out: &P
         ("ignore_index".to_string(), classes.ignore_index.to_string()),
         ("normalize".to_string(), serde_json::to_string(&config.augment.normalize).expect("serialisable")),
     ]);
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::checkpoint(out, e.to_string()))?;
-    write_atomic(out, &bytes)?;
+    write_safetensors(out, &owned, dtype, meta)?;
     Ok(owned.len())
 }
 
@@ -111,7 +105,7 @@ pub fn load(path: &Path, device: &Device) -> Result<(RunConfig, ClassInfo, SegMo
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     let get = |k: &str| meta.get(k).cloned().ok_or_else(|| TrainError::checkpoint(path, format!("metadata `{k}` missing")));
-    let config = RunConfig::parse(&get("config")?, &format!("{} (metadata)", path.display()), &[], Path::new("."))?;
+    let config = RunConfig::parse_stored(&get("config")?, &format!("{} (metadata)", path.display()), &[])?;
     let classes = ClassInfo {
         names: serde_json::from_str(&get("class_names")?).map_err(|e| TrainError::checkpoint(path, e.to_string()))?,
         colors: serde_json::from_str(&get("class_colors")?).map_err(|e| TrainError::checkpoint(path, e.to_string()))?,

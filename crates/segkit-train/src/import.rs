@@ -6,16 +6,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::prelude::*;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use segkit_data::Normalize;
 use segkit_data::layout::VOC_CLASSES;
 use segkit_models::{ModelConfig, ModelKind, SegModel};
 
-use crate::checkpoint::ClassInfo;
+use crate::checkpoint::{ClassInfo, bytes_of, write_safetensors};
 use crate::config::RunConfig;
 use crate::params::{self, HostTensor};
 use crate::torchfile::read_state_dict;
-use crate::{TrainError, write_atomic};
+use crate::TrainError;
 
 /// Marks a file written by [`import_vgg16`].
 pub const BACKBONE_FORMAT: &str = "segkit-backbone-1";
@@ -53,20 +53,6 @@ pub fn vgg16_to_fcn(sd: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String
     Ok(out)
 }
 
-fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>, meta: HashMap<String, String>) -> Result<(), TrainError> {
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.shape.clone(), t.values.iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
-    let views = owned
-        .iter()
-        .map(|(k, s, b)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
-    write_atomic(path, &bytes)
-}
-
 /// `segkit import vgg16`: torchvision VGG16 (`.pth` or `.safetensors`) to an FCN-trunk file
 /// that `train.backbone_weights` can name. Returns the number of tensors and the trunk's widths.
 pub fn import_vgg16(input: &Path, out: &Path) -> Result<(usize, usize, usize), TrainError> {
@@ -78,7 +64,8 @@ pub fn import_vgg16(input: &Path, out: &Path) -> Result<(usize, usize, usize), T
         ("source".to_string(), format!("torchvision VGG16 ({})", input.display())),
         ("normalize".to_string(), "imagenet".to_string()),
     ]);
-    write_safetensors(out, &trunk, meta)?;
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = trunk.iter().map(|(k, t)| (k.clone(), t.shape.clone(), bytes_of(&t.values))).collect();
+    write_safetensors(out, &tensors, Dtype::F32, meta)?;
     Ok((trunk.len(), base, fc))
 }
 

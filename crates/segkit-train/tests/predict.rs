@@ -8,6 +8,7 @@ use segkit_models::SegModel;
 use segkit_train::RunConfig;
 use segkit_train::checkpoint::ClassInfo;
 use segkit_train::export::{export, load};
+use segkit_train::params::to_f32;
 use segkit_train::predict::{PredictOptions, Predictor};
 
 fn scratch(name: &str) -> PathBuf {
@@ -66,33 +67,58 @@ fn fcn_sliding_window_covers_the_image() {
     assert_eq!(pred.boxes().len(), pred.objects.len());
 }
 
+fn has_python(modules: &str) -> bool {
+    std::process::Command::new("python3").args(["-c", &format!("import {modules}")]).status().is_ok_and(|s| s.success())
+}
+
+/// Export, load back: identical outputs. Where Python has safetensors and numpy, the file is
+/// checked from Python; where it also has torch, loaded into the PyTorch reference model and its
+/// output compared with segkit's.
 #[test]
 fn exported_file_gives_identical_outputs() {
     let dir = scratch("export");
-    for overrides in [vec!["model.base_width=2"], vec!["model.model=\"fcn16s\"", "model.base_width=1", "model.fc_width=4"]] {
-        let p = predictor(&overrides, 48, 1024);
+    let cases: [(&[&str], usize); 2] = [
+        (&["model.base_width=2", "model.padded=false", "model.batch_norm=false", "model.depth=2"], 44),
+        (&["model.model=\"fcn16s\"", "model.base_width=1", "model.fc_width=4"], 30),
+    ];
+    for (overrides, size) in cases {
+        let p = predictor(overrides, 48, 1024);
         let path = dir.join("model.safetensors");
         export(&p.model, &p.config, &p.classes, &path, false).unwrap();
         let (config, classes, model) = load(&path, &Device::flex()).unwrap();
         assert_eq!(config.model, p.config.model);
         assert_eq!(classes, p.classes);
-        let (img, _) = synth_sample(4, 1, 32, 3);
-        let reloaded = Predictor { config, classes, model, device: Device::flex(), tile: 48, max_side: 1024 };
-        let (a, b) = (p.probabilities(&img).unwrap(), reloaded.probabilities(&img).unwrap());
-        assert_eq!(max_diff(&a, &b), 0.0);
+        let device = Device::flex();
+        let x = Tensor::<4>::random([1, 3, size, size], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let a = to_f32(p.model.forward(x.clone()));
+        assert_eq!(max_diff(&a, &to_f32(model.forward(x.clone()))), 0.0);
         // f16 export loads too, within half precision.
-        export(&p.model, &p.config, &p.classes, &path, true).unwrap();
-        let (config, classes, model) = load(&path, &Device::flex()).unwrap();
-        let half = Predictor { config, classes, model, device: Device::flex(), tile: 48, max_side: 1024 };
-        assert!(max_diff(&a, &half.probabilities(&img).unwrap()) < 2e-2);
-        // The Python check, where Python has safetensors and numpy.
-        let ok = std::process::Command::new("python3").args(["-c", "import safetensors, numpy"]).status().is_ok_and(|s| s.success());
-        if !ok {
+        export(&p.model, &p.config, &p.classes, &dir.join("half.safetensors"), true).unwrap();
+        let (_, _, half) = load(&dir.join("half.safetensors"), &Device::flex()).unwrap();
+        let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+        assert!(max_diff(&a, &to_f32(half.forward(x.clone()))) < 1e-2 * scale);
+        if !has_python("safetensors, numpy") {
             eprintln!("skipping the Python check of the export: python3 with the safetensors and numpy packages is not available");
             continue;
         }
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/check_export.py");
-        let out = std::process::Command::new("python3").arg(script).arg(&path).output().unwrap();
-        assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(script).arg(&path);
+        let torch = has_python("torch");
+        if torch {
+            let io = serde_json::json!({
+                "shape": [1, 3, size, size],
+                "input": to_f32(x),
+                "output": a,
+            });
+            std::fs::write(dir.join("io.json"), io.to_string()).unwrap();
+            cmd.arg("--torch").arg("--io").arg(dir.join("io.json"));
+        } else {
+            eprintln!("skipping the PyTorch comparison: torch is not installed");
+        }
+        let out = cmd.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{text}");
+        assert!(!torch || text.contains("PyTorch output equals segkit's"), "{text}");
     }
 }

@@ -89,7 +89,7 @@ fn resume_continues_exactly_and_eval_reproduces_best() {
     let (b, losses_b1) = run(tiny(&out, &["name=b"]), None, 3);
     let Outcome::Interrupted { run_dir: dir_b, step } = b else { panic!("{b:?}") };
     assert_eq!(step, 3);
-    let cfg_b = RunConfig::load(&dir_b.join("config.toml"), &[]).unwrap();
+    let cfg_b = RunConfig::load_stored(&dir_b.join("config.toml"), &[]).unwrap();
     let (b2, losses_b2) = run(cfg_b, Some(dir_b.clone()), usize::MAX);
     assert!(matches!(b2, Outcome::Finished { steps: 8, .. }), "{b2:?}");
     let resumed: Vec<(usize, f32)> = losses_b1.into_iter().chain(losses_b2).collect();
@@ -126,4 +126,41 @@ fn bad_config_names_the_key() {
     assert!(err.contains("crops"), "{err}");
     let err = RunConfig::quickstart(&["model.model=\"fcn64s\"".into()]).unwrap_err().to_string();
     assert!(err.contains("fcn64s"), "{err}");
+}
+
+/// Two batches of 2 accumulated are one batch of 4: same losses, same weights.
+#[test]
+fn gradient_accumulation_matches_a_larger_batch() {
+    let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("accum");
+    let common = [
+        "model.batch_norm=false",
+        "train.optimizer=\"sgd\"",
+        "train.lr=0.05",
+        "train.warmup_steps=0",
+        "train.schedule=\"constant\"",
+        "train.epochs=1",
+    ];
+    let with = |name: &str, extra: &[&str]| {
+        let mut o: Vec<&str> = common.to_vec();
+        o.extend_from_slice(extra);
+        o.push(name);
+        tiny(&out, &o)
+    };
+    let (a, la) = run(with("name=big", &["train.batch_size=4", "train.accum_steps=1"]), None, usize::MAX);
+    let (b, lb) = run(with("name=accum", &["train.batch_size=2", "train.accum_steps=2"]), None, usize::MAX);
+    assert_eq!(la.len(), 4);
+    assert_eq!(lb.len(), 4);
+    for ((s, x), (_, y)) in la.iter().zip(&lb) {
+        assert!((x - y).abs() < 1e-4, "step {s}: batch 4 loss {x}, accumulated {y}");
+    }
+    let weights = |o: Outcome| {
+        let Outcome::Finished { run_dir, .. } = o else { panic!() };
+        segkit_train::checkpoint::Checkpoint::load(&run_dir.join("last.safetensors")).unwrap().model
+    };
+    let (wa, wb) = (weights(a), weights(b));
+    for (k, t) in &wa {
+        let d = t.values.iter().zip(&wb[k].values).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-4, "{k} differs by {d}");
+    }
 }

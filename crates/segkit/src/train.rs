@@ -143,7 +143,7 @@ pub fn run(a: Args) -> Result<i32> {
     let cfg = match (&a.resume, &a.config) {
         (Some(dir), _) => {
             let path = dir.join("config.toml");
-            RunConfig::load(&path, &overrides).with_context(|| format!("resuming {}", dir.display()))?
+            RunConfig::load_stored(&path, &overrides).with_context(|| format!("resuming {}", dir.display()))?
         }
         (None, Some(path)) => RunConfig::load(path, &overrides)?,
         (None, None) => {
