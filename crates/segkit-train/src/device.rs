@@ -7,7 +7,7 @@ use crate::TrainError;
 
 /// Whether `device` runs a tiny computation. Creating a wgpu device without an adapter panics
 /// inside the runtime, so the probe catches the panic (and keeps its message off the terminal).
-fn works(device: &Device) -> bool {
+pub fn works(device: &Device) -> bool {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let d = device.clone();
