@@ -129,9 +129,38 @@ class UNet(nn.Module):
         return self.final(x)
 
 
+def conv_probe(a, size):
+    c, b = a.conv, a.batch
+    conv = nn.Conv2d(c, c, 3, padding=1)
+    x = torch.randn(b, c, size, size)
+    xr = x.clone().requires_grad_(True)
+    A, B = torch.randn(c, c * 9), torch.randn(c * 9, b * size * size)
+
+    def timed(f):
+        t = []
+        for i in range(a.warmup + a.steps):
+            t0 = time.perf_counter()
+            f()
+            if i >= a.warmup:
+                t.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(t)
+
+    with torch.no_grad():
+        fwd = timed(lambda: conv(x).sum().item())
+    train = timed(lambda: conv(xr).sum().backward())
+    with torch.no_grad():
+        mm = timed(lambda: (A @ B).sum().item())
+    gflop = 2 * c * c * 9 * b * size * size / 1e9
+    print(f"pytorch conv 3x3 {c}->{c} at {size}x{size}, batch {b}, {torch.get_num_threads()} threads: {gflop:.2f} GFLOP per forward")
+    print(f"conv forward            {fwd:8.1f} ms  {gflop / fwd * 1e3:6.1f} GFLOP/s")
+    print(f"conv forward+backward   {train:8.1f} ms  {3 * gflop / train * 1e3:6.1f} GFLOP/s (3x forward FLOPs)")
+    print(f"matmul, same FLOPs      {mm:8.1f} ms  {gflop / mm * 1e3:6.1f} GFLOP/s")
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True, choices=["fcn32s", "fcn16s", "fcn8s", "unet"])
+    p.add_argument("--model", choices=["fcn32s", "fcn16s", "fcn8s", "unet"])
+    p.add_argument("--conv", type=int, help="instead of a model: one 3x3 conv with this many channels, and the same-FLOP matmul")
     p.add_argument("--size", required=True)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--classes", type=int)
@@ -148,6 +177,8 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     h, w = (int(v) for v in a.size.lower().split("x")) if "x" in a.size.lower() else (int(a.size),) * 2
+    if a.conv:
+        return conv_probe(a, h)
     unet = a.model == "unet"
     classes = a.classes or (2 if unet else 21)
     torch.manual_seed(0)

@@ -158,3 +158,74 @@ pub fn run(
         memory_source: source,
     })
 }
+
+/// One 3x3 convolution (padding 1) against the matrix product it amounts to, to tell the
+/// convolution's own overhead (layout changes, im2col, tiling) from the speed of the matrix
+/// multiplication underneath.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConvProbe {
+    pub batch: usize,
+    pub channels_in: usize,
+    pub channels_out: usize,
+    pub size: usize,
+    /// `2 * c_out * c_in * 9 * H * W * B`.
+    pub gflop: f64,
+    pub conv_forward_ms: f64,
+    /// Forward plus backward (input and weight gradients: about 3x the forward's FLOPs).
+    pub conv_train_ms: f64,
+    /// `[c_out, c_in*9] x [c_in*9, B*H*W]`: the same FLOPs as one forward.
+    pub matmul_ms: f64,
+    pub conv_forward_gflops: f64,
+    pub conv_train_gflops: f64,
+    pub matmul_gflops: f64,
+}
+
+fn time_ms(device: &Device, warmup: usize, steps: usize, mut f: impl FnMut()) -> f64 {
+    let mut t = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let _ = device.sync();
+        let t0 = Instant::now();
+        f();
+        let _ = device.sync();
+        if i >= warmup {
+            t.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    median(&t)
+}
+
+pub fn conv_probe(device: &Device, batch: usize, c_in: usize, c_out: usize, size: usize, warmup: usize, steps: usize) -> ConvProbe {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    let conv = Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device);
+    let x = Tensor::<4>::random([batch, c_in, size, size], Distribution::Normal(0.0, 1.0), device);
+    let conv_forward_ms = time_ms(device, warmup, steps, || {
+        let _ = conv.forward(x.clone()).sum().into_data();
+    });
+    let ad = device.clone().autodiff();
+    let conv_ad = Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&ad);
+    let xa = Tensor::<4>::random([batch, c_in, size, size], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let conv_train_ms = time_ms(device, warmup, steps, || {
+        let grads = conv_ad.forward(xa.clone()).sum().backward();
+        let _ = xa.grad(&grads).map(|g| g.sum().into_data());
+    });
+    let a = Tensor::<2>::random([c_out, c_in * 9], Distribution::Normal(0.0, 1.0), device);
+    let b = Tensor::<2>::random([c_in * 9, batch * size * size], Distribution::Normal(0.0, 1.0), device);
+    let matmul_ms = time_ms(device, warmup, steps, || {
+        let _ = a.clone().matmul(b.clone()).sum().into_data();
+    });
+    let gflop = 2.0 * (c_out * c_in * 9) as f64 * (batch * size * size) as f64 / 1e9;
+    ConvProbe {
+        batch,
+        channels_in: c_in,
+        channels_out: c_out,
+        size,
+        gflop,
+        conv_forward_ms,
+        conv_train_ms,
+        matmul_ms,
+        conv_forward_gflops: gflop / (conv_forward_ms / 1e3),
+        conv_train_gflops: 3.0 * gflop / (conv_train_ms / 1e3),
+        matmul_gflops: gflop / (matmul_ms / 1e3),
+    }
+}

@@ -11,7 +11,7 @@ use crate::summary::parse_size;
 #[derive(clap::Args)]
 pub struct Args {
     /// fcn32s, fcn16s, fcn8s, fcn8s-atonce or unet.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     model: String,
     /// Input size, H or HxW.
     #[arg(long)]
@@ -41,9 +41,26 @@ pub struct Args {
     /// Print the figures as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// Instead of a model: one 3x3 convolution with this many channels in and out, at --size,
+    /// against the matrix product of the same FLOPs.
+    #[arg(long, value_name = "CHANNELS")]
+    conv: Option<usize>,
 }
 
 pub fn run(a: Args) -> Result<i32> {
+    if let Some(c) = a.conv {
+        let (h, _) = parse_size(&a.size)?;
+        let (dev, desc) = device::select(&a.device)?;
+        let p = bench::conv_probe(&dev, a.batch, c, c, h, a.warmup, a.steps);
+        println!("conv 3x3 {c}->{c} at {h}x{h}, batch {} on {desc}: {:.2} GFLOP per forward", a.batch, p.gflop);
+        println!("conv forward            {:8.1} ms  {:6.1} GFLOP/s", p.conv_forward_ms, p.conv_forward_gflops);
+        println!("conv forward+backward   {:8.1} ms  {:6.1} GFLOP/s (3x forward FLOPs)", p.conv_train_ms, p.conv_train_gflops);
+        println!("matmul, same FLOPs      {:8.1} ms  {:6.1} GFLOP/s", p.matmul_ms, p.matmul_gflops);
+        if a.json {
+            println!("{}", serde_json::to_string(&p)?);
+        }
+        return Ok(0);
+    }
     let Some(kind) = ModelKind::parse(&a.model) else { bail!("unknown model `{}`", a.model) };
     let mode = match a.mode.as_str() {
         "train" => Mode::Train,
