@@ -50,7 +50,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<i32> {
     if let Some(c) = a.conv {
         let (h, _) = parse_size(&a.size)?;
-        let (dev, desc) = device::select(&a.device)?;
+        let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
         let p = bench::conv_probe(&dev, a.batch, c, c, h, a.warmup, a.steps);
         println!("conv 3x3 {c}->{c} at {h}x{h}, batch {} on {desc}: {:.2} GFLOP per forward", a.batch, p.gflop);
         println!("conv forward            {:8.1} ms  {:6.1} GFLOP/s", p.conv_forward_ms, p.conv_forward_gflops);
@@ -75,7 +75,7 @@ pub fn run(a: Args) -> Result<i32> {
     cfg.base_width = a.base_width;
     cfg.fc_width = 4096 * a.base_width / 64;
     let size = parse_size(&a.size)?;
-    let (dev, desc) = device::select(&a.device)?;
+    let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
     let bar = progress::bar((a.warmup + a.steps) as u64, "bench");
     let r = bench::run(&cfg, size, a.batch, mode, a.warmup, a.steps, &dev, &desc, |d, _| bar.set_position(d as u64))?;
     bar.finish_and_clear();

@@ -48,7 +48,7 @@ pub fn run(a: Args) -> Result<i32> {
         let mut trained: Vec<(PathBuf, PathBuf)> = Vec::new();
         for path in &a.train {
             let mut overrides = a.set.clone();
-            overrides.push(format!("train.device={:?}", a.device));
+            overrides.push(format!("train.device={:?}", crate::device::vet(&a.device)?));
             let mut cfg = RunConfig::load(path, &overrides)?;
             if !cfg.train.init_from.is_empty() {
                 let wanted = PathBuf::from(&cfg.train.init_from);
@@ -76,7 +76,7 @@ pub fn run(a: Args) -> Result<i32> {
     if runs.is_empty() {
         bail!("nothing to compare: give run directories or --train CONFIG...");
     }
-    let (dev, desc) = device::select(&a.device)?;
+    let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
     let bar = progress::bar(0, "eval");
     let cmp = compare(&runs, a.data.as_deref(), &a.split, a.samples, a.limit, &dev, &desc, &mut |name, d, t| {
         bar.set_length(t as u64);

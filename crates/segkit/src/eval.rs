@@ -27,7 +27,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let (device, desc) = device::select(&a.device)?;
+    let (device, desc) = device::select(&crate::device::vet(&a.device)?)?;
     let loaded = load_run(&a.run, &device)?;
     let mut cfg = loaded.config.clone();
     if let Some(d) = &a.data {

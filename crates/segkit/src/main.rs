@@ -6,6 +6,7 @@
 mod bench;
 mod compare;
 mod data;
+mod device;
 mod eval;
 mod export;
 mod import;
@@ -42,6 +43,9 @@ enum Command {
     Import(import::Args),
     /// Time training or inference steps (median ms/step, images/s, TFLOP/s, peak memory).
     Bench(bench::Args),
+    /// Internal: open a device in a child process (see device.rs).
+    #[command(name = "__probe-device", hide = true)]
+    ProbeDevice { name: String },
     /// Evaluate a run's checkpoint on a split: the four FCN metrics, Dice and per-class IoU.
     Eval(eval::Args),
 }
@@ -53,6 +57,7 @@ fn main() {
         Command::Data(c) => data::run(c),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::ProbeDevice { name } => device::probe_child(&name),
         Command::Bench(a) => bench::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Predict(a) => predict::run(a),

@@ -54,7 +54,7 @@ fn collect(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let (dev, desc) = device::select(&a.device)?;
+    let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
     let mut predictor = Predictor::load(&a.run, &dev)?;
     if let Some(t) = a.tile {
         predictor.tile = t;

@@ -151,6 +151,8 @@ pub fn run(a: Args) -> Result<i32> {
             RunConfig::quickstart(&overrides)?
         }
     };
+    let mut cfg = cfg;
+    cfg.train.device = crate::device::vet(&cfg.train.device)?;
     let stop = ctrl_c()?;
     let mut obs = Progress::new();
     let outcome = train(cfg, TrainOptions { resume: a.resume.clone(), stop }, &mut obs);

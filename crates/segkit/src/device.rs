@@ -1,0 +1,50 @@
+//! Opening a GPU safely. A GPU driver can crash the process (SIGSEGV) while compiling compute
+//! kernels, which no error handling can catch; Debian 12's software Vulkan (lavapipe, Mesa 22.3)
+//! does so with wgpu. So before a GPU device is used, a child `segkit` process opens it and runs
+//! a tiny training step; only if the child survives does this process use the device.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::prelude::*;
+use segkit_models::{ModelConfig, ModelKind, SegModel};
+
+/// The hidden `__probe-device NAME` command: open the device and run a tiny training step.
+pub fn probe_child(name: &str) -> Result<i32> {
+    let (device, desc) = segkit_train::device::select(name)?;
+    let mut cfg = ModelConfig::paper(ModelKind::Unet, 2);
+    (cfg.base_width, cfg.depth, cfg.padded, cfg.in_channels) = (2, 1, true, 1);
+    let ad = device.autodiff();
+    let model = SegModel::new(&cfg, &ad)?;
+    let x = Tensor::<4>::ones([1, 1, 8, 8], &ad);
+    let grads = model.forward(x).sum().backward();
+    let _ = burn::optim::GradientsParams::from_grads(grads, &model);
+    let _ = model.num_params();
+    println!("{desc}");
+    Ok(0)
+}
+
+/// The device name to use for `name`: `name` itself when its device survives the probe (or
+/// when it is the CPU); for `auto`, `cpu` when the GPU driver crashes. An explicitly requested
+/// GPU whose driver crashes is an error.
+pub fn vet(name: &str) -> Result<String> {
+    if name == "cpu" {
+        return Ok(name.to_string());
+    }
+    let exe = std::env::current_exe().context("finding the segkit executable to probe the device")?;
+    let out = Command::new(exe).args(["__probe-device", name]).output().context("starting the device probe")?;
+    match out.status.code() {
+        Some(0) => Ok(name.to_string()),
+        Some(_) if name == "auto" => Ok("cpu".to_string()),
+        Some(_) => bail!("{}", String::from_utf8_lossy(&out.stderr).trim().trim_start_matches("error: ")),
+        None if name == "auto" => {
+            eprintln!("the GPU driver crashed while compiling a test kernel; using the CPU (--device cpu)");
+            Ok("cpu".to_string())
+        }
+        None => bail!(
+            "the {name} driver crashed while compiling a test kernel (a driver bug: Mesa 22.3's lavapipe does this); \
+             use --device cpu, or another driver"
+        ),
+    }
+}
