@@ -44,6 +44,9 @@ pub struct BenchResult {
     /// Process peak RSS on the CPU; device allocator reservation on a GPU (when reported).
     pub peak_memory_mb: f64,
     pub memory_source: String,
+    /// Training: median milliseconds of forward + loss, backward, and optimiser update, each
+    /// measured between device synchronisations (their sum can exceed `ms_per_step` a little).
+    pub phase_ms: Option<[f64; 3]>,
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), in MiB.
@@ -90,6 +93,7 @@ pub fn run(
     let labels: Vec<i64> = (0..batch * oh * ow).map(|i| ((i * 7919) % cfg.classes) as i64).collect();
     let y = Tensor::<3, Int>::from_data(TensorData::new(labels, [batch, oh, ow]), device);
     let mut times = Vec::with_capacity(steps);
+    let mut phases: Vec<[f64; 3]> = Vec::new();
     match mode {
         Mode::Train => {
             let ad = device.clone().autodiff();
@@ -105,17 +109,34 @@ pub fn run(
                 bias_decay: true,
             });
             let (xa, ya) = (x.clone().autodiff(), y.clone().autodiff());
+            let sync = || device.sync().map_err(|e| TrainError::Device(e.to_string()));
             for i in 0..warmup + steps {
                 progress(i, warmup + steps);
-                device.sync().map_err(|e| TrainError::Device(e.to_string()))?;
+                sync()?;
                 let t0 = Instant::now();
                 let loss = cross_entropy(model.forward(xa.clone()), ya.clone(), 255, None, Reduction::Mean);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 model = opt.step(1e-6, model, grads);
-                device.sync().map_err(|e| TrainError::Device(e.to_string()))?;
+                sync()?;
                 if i >= warmup {
                     times.push(t0.elapsed().as_secs_f64() * 1e3);
                 }
+            }
+            // The same step again in phases, synchronised between them.
+            for _ in 0..steps.min(3).max(1) {
+                sync()?;
+                let t0 = Instant::now();
+                let loss = cross_entropy(model.forward(xa.clone()), ya.clone(), 255, None, Reduction::Mean);
+                let _ = to_f32(loss.clone().inner());
+                let t1 = Instant::now();
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                sync()?;
+                let t2 = Instant::now();
+                model = opt.step(1e-6, model, grads);
+                sync()?;
+                let t3 = Instant::now();
+                let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+                phases.push([ms(t0, t1), ms(t1, t2), ms(t2, t3)]);
             }
             let _ = to_f32(model.valid().forward(x.clone().narrow(0, 0, 1)).sum());
         }
@@ -156,6 +177,10 @@ pub fn run(
         gflop_per_step: gflop,
         peak_memory_mb: peak,
         memory_source: source,
+        phase_ms: (!phases.is_empty()).then(|| {
+            let col = |k: usize| median(&phases.iter().map(|p| p[k]).collect::<Vec<_>>());
+            [col(0), col(1), col(2)]
+        }),
     })
 }
 

@@ -87,6 +87,9 @@ pub fn run(a: Args) -> Result<i32> {
     println!("throughput    {:.2} images/s", r.images_per_s);
     println!("compute       {:.3} TFLOP/s ({:.1} GFLOP per step)", r.tflops, r.gflop_per_step);
     println!("peak memory   {:.0} MiB ({})", r.peak_memory_mb, r.memory_source);
+    if let Some([f, b, o]) = r.phase_ms {
+        println!("phases        forward + loss {f:.1} ms, backward {b:.1} ms, optimiser {o:.1} ms (median, synchronised between)");
+    }
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     }
