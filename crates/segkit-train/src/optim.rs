@@ -144,18 +144,28 @@ impl ModuleMapper for Update<'_> {
         let updated = match s.kind {
             OptimizerKind::Sgd => {
                 let g = if wd > 0.0 { g + p.clone().mul_scalar(wd) } else { g };
-                let v = if s.momentum > 0.0 {
+                if s.momentum > 0.0 {
                     let key = format!("{path}/momentum");
                     let v = match state.slots.remove(&key) {
                         Some(v) => v.mul_scalar(s.momentum) + g,
                         None => g,
                     };
-                    state.slots.insert(key, v.clone());
-                    v
+                    if lr != 0.0 {
+                        // Scale the velocity into the update in place, apply it, and scale it
+                        // back, instead of storing a copy and allocating `lr * v`: on the CPU
+                        // backend an uniquely owned tensor is updated in place, and a fresh
+                        // buffer the size of fc6 costs more than the arithmetic (docs/BENCHMARKS.md).
+                        let update = v.mul_scalar(lr);
+                        let p = p - update.clone();
+                        state.slots.insert(key, update.div_scalar(lr));
+                        p
+                    } else {
+                        state.slots.insert(key, v);
+                        p
+                    }
                 } else {
-                    g
-                };
-                p - v.mul_scalar(lr)
+                    p - g.mul_scalar(lr)
+                }
             }
             OptimizerKind::Adam | OptimizerKind::Adamw => {
                 let decoupled = s.kind == OptimizerKind::Adamw;
