@@ -59,8 +59,10 @@ pub struct TrainConfig {
     pub class_weights: Vec<f64>,
     /// Compute median-frequency class weights from the training split.
     pub median_frequency: bool,
-    /// Validate every this many epochs.
+    /// Validate every this many epochs (0: not by epochs).
     pub val_every: usize,
+    /// Also validate every this many optimiser steps (0: not by steps).
+    pub val_every_steps: usize,
     /// Also write the last checkpoint every this many optimiser steps (0: at validations only).
     pub checkpoint_every: usize,
     /// Loader threads.

@@ -382,6 +382,9 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             if state.step >= total_steps {
                 break;
             }
+            if t.val_every_steps > 0 && state.step % t.val_every_steps == 0 {
+                validate_and_save(&run, &model, &opt, &ds, &val_samples, weights_eval.as_ref(), &mut state, epoch, &mut loss_since_val, &sched, started, elapsed0, obs)?;
+            }
         }
         drop(loader);
         let finished_epoch = state.batch >= usable;
@@ -392,18 +395,44 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             state.batch = 0;
         }
         let last = state.step >= total_steps;
-        if last || (finished_epoch && epochs_done % t.val_every.max(1) == 0) {
-            validate(&run, &model, &ds, &val_samples, weights_eval.as_ref(), &mut state, epochs_done, &mut loss_since_val, &sched, started, elapsed0, obs)?;
+        let due = last || (finished_epoch && t.val_every > 0 && epochs_done % t.val_every == 0);
+        // A step-based validation may just have covered this step.
+        let done = state.history.last().is_some_and(|r| r.step == state.step);
+        if due && !done {
+            validate_and_save(&run, &model, &opt, &ds, &val_samples, weights_eval.as_ref(), &mut state, epochs_done, &mut loss_since_val, &sched, started, elapsed0, obs)?;
+        } else if due && finished_epoch {
             run.save(&model, &opt, &state, obs)?;
-            if state.best_step == state.step {
-                let best = dir.join("best.safetensors");
-                let tmp = dir.join("best.safetensors.tmp");
-                std::fs::copy(dir.join("last.safetensors"), &tmp).map_err(|e| TrainError::io(&tmp, e))?;
-                std::fs::rename(&tmp, &best).map_err(|e| TrainError::io(&best, e))?;
-            }
         }
     }
     Ok(Outcome::Finished { run_dir: dir, steps: state.step, best_miou: state.best_miou, best_step: state.best_step })
+}
+
+/// Validation, then the last checkpoint, then (when this is the best so far) `best.safetensors`.
+#[allow(clippy::too_many_arguments)]
+fn validate_and_save(
+    run: &Run,
+    model: &SegModel,
+    opt: &Optimizer,
+    ds: &Dataset,
+    val: &[segkit_data::SampleRef],
+    weights: Option<&Tensor<1>>,
+    state: &mut TrainState,
+    epochs_done: usize,
+    loss_since_val: &mut (f64, usize),
+    sched: &LrSchedule,
+    started: Instant,
+    elapsed0: f64,
+    obs: &mut dyn Observer,
+) -> Result<(), TrainError> {
+    validate(run, model, ds, val, weights, state, epochs_done, loss_since_val, sched, started, elapsed0, obs)?;
+    run.save(model, opt, state, obs)?;
+    if state.best_step == state.step {
+        let best = run.dir.join("best.safetensors");
+        let tmp = run.dir.join("best.safetensors.tmp");
+        std::fs::copy(run.dir.join("last.safetensors"), &tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &best).map_err(|e| TrainError::io(&best, e))?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

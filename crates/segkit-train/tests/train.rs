@@ -164,3 +164,15 @@ fn gradient_accumulation_matches_a_larger_batch() {
         assert!(d < 1e-4, "{k} differs by {d}");
     }
 }
+
+/// Validation by steps: at every third step and at the end.
+#[test]
+fn validation_every_n_steps() {
+    let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("valsteps");
+    let (o, _) = run(tiny(&out, &["name=steps", "train.val_every=0", "train.val_every_steps=3"]), None, usize::MAX);
+    let Outcome::Finished { run_dir, .. } = o else { panic!("{o:?}") };
+    let csv = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
+    let steps: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(steps, vec!["3", "6", "8"], "{csv}");
+}
