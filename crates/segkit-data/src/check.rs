@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::layout::{Dataset, MaskSource};
-use crate::mask::{detect_encoding, read_raw_mask, to_labels, MaskEncoding};
 use crate::image_io;
+use crate::layout::{Dataset, MaskSource};
+use crate::mask::{MaskEncoding, detect_encoding, read_raw_mask, to_labels};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SplitReport {
@@ -89,11 +89,12 @@ pub fn check(ds: &Dataset, channels: usize, mut progress: impl FnMut(usize, usiz
                     }
                 },
                 MaskSource::Polygons(_) | MaskSource::Synthetic(_) => {
-                    *rep.encodings.entry(match s.mask {
-                        MaskSource::Polygons(_) => "YOLO polygons".to_string(),
-                        _ => "synthetic".to_string(),
-                    })
-                    .or_default() += 1;
+                    *rep.encodings
+                        .entry(match s.mask {
+                            MaskSource::Polygons(_) => "YOLO polygons".to_string(),
+                            _ => "synthetic".to_string(),
+                        })
+                        .or_default() += 1;
                     match ds.load(s, channels) {
                         Ok((_, l)) => Some(l),
                         Err(e) => {
@@ -103,10 +104,12 @@ pub fn check(ds: &Dataset, channels: usize, mut progress: impl FnMut(usize, usiz
                     }
                 }
             };
-            let size = size.or_else(|| matches!(s.mask, MaskSource::Synthetic(_)).then(|| {
-                let n = labels.as_ref().map_or(0, |l| (l.len() as f64).sqrt() as usize);
-                (n, n)
-            }));
+            let size = size.or_else(|| {
+                matches!(s.mask, MaskSource::Synthetic(_)).then(|| {
+                    let n = labels.as_ref().map_or(0, |l| (l.len() as f64).sqrt() as usize);
+                    (n, n)
+                })
+            });
             if let Some((w, h)) = size {
                 *rep.sizes.entry(format!("{w}x{h}")).or_default() += 1;
             }

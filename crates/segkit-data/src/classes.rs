@@ -124,7 +124,19 @@ pub fn parse_yaml_names(text: &str) -> std::result::Result<Vec<String>, (usize, 
 
 /// CamVid's 11 classes in the SegNet ordering; 11 is void.
 pub fn camvid_classes() -> ClassSet {
-    let names = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"];
+    let names = [
+        "Sky",
+        "Building",
+        "Pole",
+        "Road",
+        "Pavement",
+        "Tree",
+        "SignSymbol",
+        "Fence",
+        "Car",
+        "Pedestrian",
+        "Bicyclist",
+    ];
     ClassSet::new(names.iter().map(|s| s.to_string()).collect(), 11)
 }
 

@@ -163,7 +163,8 @@ fn pair(images: Vec<PathBuf>, masks: Vec<PathBuf>, suffix: &str, polygons: bool)
     let mut orphans = Vec::new();
     for img in images {
         let s = stem(&img);
-        let key = [format!("{s}{suffix}"), s.clone(), format!("{s}_mask")].into_iter().find(|k| by_stem.contains_key(k));
+        let key =
+            [format!("{s}{suffix}"), s.clone(), format!("{s}_mask")].into_iter().find(|k| by_stem.contains_key(k));
         match key.and_then(|k| by_stem.remove(&k)) {
             Some(m) => {
                 let mask = if polygons { MaskSource::Polygons(m) } else { MaskSource::File(m) };
@@ -202,10 +203,17 @@ impl Dataset {
         match format {
             DataFormat::Synthetic => {
                 ds.classes = synth_classes();
-                let n = [(config.train_split.clone(), config.synth_train, 0u64), (config.val_split.clone(), config.synth_val, 1 << 32)];
+                let n = [
+                    (config.train_split.clone(), config.synth_train, 0u64),
+                    (config.val_split.clone(), config.synth_val, 1 << 32),
+                ];
                 for (name, count, offset) in n {
                     let samples = (0..count as u64)
-                        .map(|i| SampleRef { id: format!("synth{:06}", offset + i), image: None, mask: MaskSource::Synthetic(offset + i) })
+                        .map(|i| SampleRef {
+                            id: format!("synth{:06}", offset + i),
+                            image: None,
+                            mask: MaskSource::Synthetic(offset + i),
+                        })
                         .collect();
                     ds.splits.push(Split { name, samples, orphans: Vec::new() });
                 }
@@ -268,7 +276,8 @@ impl Dataset {
         }
         if self.splits.len() == 1 && (name == self.config.train_split || name == self.config.val_split) {
             let all = &self.splits[0].samples;
-            let n_val = ((all.len() as f64 * self.config.val_fraction).ceil() as usize).clamp(1, all.len().saturating_sub(1).max(1));
+            let n_val = ((all.len() as f64 * self.config.val_fraction).ceil() as usize)
+                .clamp(1, all.len().saturating_sub(1).max(1));
             let cut = all.len() - n_val;
             return Ok(if name == self.config.train_split { all[..cut].to_vec() } else { all[cut..].to_vec() });
         }
@@ -317,8 +326,27 @@ impl Dataset {
 }
 
 pub const VOC_CLASSES: [&str; 21] = [
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 ];
 
 /// Which layout a folder holds.
@@ -329,7 +357,8 @@ pub fn detect_format(root: &Path) -> Result<DataFormat> {
     if root.join("JPEGImages").is_dir() {
         return Ok(DataFormat::Voc);
     }
-    let has_txt = |d: PathBuf| d.is_dir() && list(&d, |p| p.extension().is_some_and(|e| e == "txt")).is_ok_and(|v| !v.is_empty());
+    let has_txt =
+        |d: PathBuf| d.is_dir() && list(&d, |p| p.extension().is_some_and(|e| e == "txt")).is_ok_and(|v| !v.is_empty());
     if root.join("data.yaml").is_file()
         || has_txt(root.join("labels"))
         || ["train", "valid", "val"].iter().any(|s| has_txt(root.join(s).join("labels")))
@@ -367,7 +396,14 @@ fn paired_candidates(root: &Path, _suffix: &str) -> Vec<(String, PathBuf, PathBu
         }
     }
     if out.is_empty() {
-        for (i, m) in [("image", "label"), ("images", "masks"), ("images", "labels"), ("img", "mask"), ("imgs", "masks"), ("image", "mask")] {
+        for (i, m) in [
+            ("image", "label"),
+            ("images", "masks"),
+            ("images", "labels"),
+            ("img", "mask"),
+            ("imgs", "masks"),
+            ("image", "mask"),
+        ] {
             if root.join(i).is_dir() && root.join(m).is_dir() {
                 out.push(("all".to_string(), root.join(i), root.join(m)));
                 break;
@@ -380,7 +416,10 @@ fn paired_candidates(root: &Path, _suffix: &str) -> Vec<(String, PathBuf, PathBu
 fn paired_splits(root: &Path, suffix: &str) -> Result<Vec<Split>> {
     let cands = paired_candidates(root, suffix);
     if cands.is_empty() {
-        return Err(DataError::layout(root, "no image/mask folder pair found (e.g. image/ + label/, train/ + trainannot/)"));
+        return Err(DataError::layout(
+            root,
+            "no image/mask folder pair found (e.g. image/ + label/, train/ + trainannot/)",
+        ));
     }
     cands
         .into_iter()
@@ -412,7 +451,9 @@ fn voc_splits(root: &Path) -> Result<Vec<Split>> {
             let img = IMAGE_EXT.iter().map(|e| img_dir.join(format!("{id}.{e}"))).find(|p| p.is_file());
             let mask = mask_dir.join(format!("{id}.png"));
             match (img, mask.is_file()) {
-                (Some(img), true) => samples.push(SampleRef { id: id.into(), image: Some(img), mask: MaskSource::File(mask) }),
+                (Some(img), true) => {
+                    samples.push(SampleRef { id: id.into(), image: Some(img), mask: MaskSource::File(mask) })
+                }
                 (None, _) => orphans.push(format!("{}:{}: image {id} not found in JPEGImages/", file.display(), i + 1)),
                 (_, false) => orphans.push(format!("{}:{}: mask {} not found", file.display(), i + 1, mask.display())),
             }

@@ -59,7 +59,8 @@ impl HostBatch {
     /// The Batcher's job: `[B, C, H, W]` float and `[B, H', W']` int tensors on `device`.
     pub fn to_device(&self, device: &Device) -> (Tensor<4>, Tensor<3, Int>) {
         let (b, c) = (self.batch, self.channels);
-        let images = Tensor::<4>::from_data(TensorData::new(self.images.clone(), [b, c, self.in_hw.0, self.in_hw.1]), device);
+        let images =
+            Tensor::<4>::from_data(TensorData::new(self.images.clone(), [b, c, self.in_hw.0, self.in_hw.1]), device);
         let labels: Vec<i32> = self.labels.iter().map(|&v| v as i32).collect();
         let targets = Tensor::<3, Int>::from_data(TensorData::new(labels, [b, self.out_hw.0, self.out_hw.1]), device);
         (images, targets)
@@ -105,7 +106,15 @@ impl LoaderSpec {
             let sample = &self.samples[order[pos % order.len()]];
             let (img, labels) = self.dataset.load(sample, self.channels)?;
             let seed = sample_seed(self.seed, epoch, pos as u64);
-            items.push(train_transform(img, labels, &self.augment, self.window, self.mirror, self.dataset.classes.ignore_index, seed));
+            items.push(train_transform(
+                img,
+                labels,
+                &self.augment,
+                self.window,
+                self.mirror,
+                self.dataset.classes.ignore_index,
+                seed,
+            ));
         }
         HostBatch::stack(items, self.channels).map_err(DataError::Config)
     }
@@ -120,7 +129,8 @@ impl LoaderSpec {
         let tx = Arc::new(Mutex::new(tx));
         let workers = (0..self.workers.max(1))
             .map(|_| {
-                let (spec, order, next, stop, tx) = (self.clone(), order.clone(), next.clone(), stop.clone(), tx.clone());
+                let (spec, order, next, stop, tx) =
+                    (self.clone(), order.clone(), next.clone(), stop.clone(), tx.clone());
                 std::thread::spawn(move || {
                     loop {
                         if stop.load(Ordering::Relaxed) {

@@ -25,9 +25,9 @@ pub enum RawMask {
 impl RawMask {
     pub fn size(&self) -> (usize, usize) {
         match self {
-            RawMask::Gray { width, height, .. } | RawMask::Indexed { width, height, .. } | RawMask::Rgb { width, height, .. } => {
-                (*width, *height)
-            }
+            RawMask::Gray { width, height, .. }
+            | RawMask::Indexed { width, height, .. }
+            | RawMask::Rgb { width, height, .. } => (*width, *height),
         }
     }
 }
@@ -89,7 +89,9 @@ pub fn decode_png(bytes: &[u8]) -> std::result::Result<RawMask, String> {
         png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha => {
             let step = if info.color_type == png::ColorType::GrayscaleAlpha { 2 } else { 1 };
             let data = if bits == 16 {
-                rows().flat_map(|r| (0..width).map(move |x| u16::from_be_bytes([r[2 * step * x], r[2 * step * x + 1]]))).collect()
+                rows()
+                    .flat_map(|r| (0..width).map(move |x| u16::from_be_bytes([r[2 * step * x], r[2 * step * x + 1]])))
+                    .collect()
             } else if bits == 8 {
                 rows().flat_map(|r| (0..width).map(move |x| r[step * x] as u16)).collect()
             } else {
@@ -179,7 +181,8 @@ pub fn to_labels(raw: &RawMask, encoding: MaskEncoding, classes: &ClassSet) -> s
             })
             .collect(),
         (RawMask::Rgb { data, .. }, MaskEncoding::Rgb) => {
-            let mut table: HashMap<[u8; 3], u8> = classes.colors.iter().enumerate().map(|(i, c)| (*c, i as u8)).collect();
+            let mut table: HashMap<[u8; 3], u8> =
+                classes.colors.iter().enumerate().map(|(i, c)| (*c, i as u8)).collect();
             table.entry([255, 255, 255]).or_insert(ignore);
             let mut unknown = Vec::new();
             let labels = data
@@ -199,8 +202,12 @@ pub fn to_labels(raw: &RawMask, encoding: MaskEncoding, classes: &ClassSet) -> s
                 Err(format!("colours {unknown:?} are not in the class colour table"))
             }
         }
-        (RawMask::Indexed { .. }, e) | (RawMask::Gray { .. }, e) => Err(format!("a single-channel mask cannot be read as {e}")),
-        (RawMask::Rgb { .. }, e) => Err(format!("a colour mask cannot be read as {e}; use mask_encoding = \"rgb\" with class colours")),
+        (RawMask::Indexed { .. }, e) | (RawMask::Gray { .. }, e) => {
+            Err(format!("a single-channel mask cannot be read as {e}"))
+        }
+        (RawMask::Rgb { .. }, e) => {
+            Err(format!("a colour mask cannot be read as {e}; use mask_encoding = \"rgb\" with class colours"))
+        }
     }
 }
 

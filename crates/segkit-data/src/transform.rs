@@ -323,8 +323,10 @@ pub fn train_transform(
     let mut rng = StdRng::seed_from_u64(seed);
     let (mut img, mut labels) = (img, labels);
     if cfg.scale_max > cfg.scale_min || cfg.scale_min != 1.0 {
-        let s = if cfg.scale_max > cfg.scale_min { rng.random_range(cfg.scale_min..cfg.scale_max) } else { cfg.scale_min };
-        let (w, h) = (((img.width as f64 * s).round() as usize).max(1), ((img.height as f64 * s).round() as usize).max(1));
+        let s =
+            if cfg.scale_max > cfg.scale_min { rng.random_range(cfg.scale_min..cfg.scale_max) } else { cfg.scale_min };
+        let (w, h) =
+            (((img.width as f64 * s).round() as usize).max(1), ((img.height as f64 * s).round() as usize).max(1));
         if (w, h) != (img.width, img.height) {
             labels = resize_labels(&labels, img.width, img.height, w, h);
             img = resize_image(&img, w, h);
@@ -360,7 +362,8 @@ pub fn train_transform(
     };
     let mut inp = inp;
     if cfg.brightness > 0.0 || cfg.contrast > 0.0 {
-        let b = if cfg.brightness > 0.0 { rng.random_range(-cfg.brightness..cfg.brightness) as f32 * 255.0 } else { 0.0 };
+        let b =
+            if cfg.brightness > 0.0 { rng.random_range(-cfg.brightness..cfg.brightness) as f32 * 255.0 } else { 0.0 };
         let k = if cfg.contrast > 0.0 { rng.random_range(1.0 - cfg.contrast..1.0 + cfg.contrast) as f32 } else { 1.0 };
         let mean = inp.data.iter().map(|&v| v as f32).sum::<f32>() / inp.data.len().max(1) as f32;
         for v in &mut inp.data {
@@ -373,7 +376,14 @@ pub fn train_transform(
 
 /// The evaluation transform: the whole image, mirrored out to `in_hw` for U-Net (its output's
 /// top-left `H x W` covers the image). `in_hw` = image size for FCN.
-pub fn eval_transform(img: &ImageBuf, labels: &[u8], in_hw: (usize, usize), margin: usize, norm: Normalize, ignore: u8) -> Prepared {
+pub fn eval_transform(
+    img: &ImageBuf,
+    labels: &[u8],
+    in_hw: (usize, usize),
+    margin: usize,
+    norm: Normalize,
+    ignore: u8,
+) -> Prepared {
     let (h, w) = (img.height, img.width);
     let (out_h, out_w) = (in_hw.0 - 2 * margin, in_hw.1 - 2 * margin);
     let (inp, out, _) = cut(img, labels, 0, 0, out_h, out_w, margin, true, ignore);
@@ -413,7 +423,17 @@ mod tests {
     #[test]
     fn transforms_are_reproducible() {
         let (img, labels) = crate::synth::synth_sample(3, 0, 40, 3);
-        let cfg = AugmentConfig { crop: 24, scale_min: 0.8, scale_max: 1.2, brightness: 0.1, contrast: 0.1, elastic_sigma: 4.0, vflip: true, rot90: true, ..Default::default() };
+        let cfg = AugmentConfig {
+            crop: 24,
+            scale_min: 0.8,
+            scale_max: 1.2,
+            brightness: 0.1,
+            contrast: 0.1,
+            elastic_sigma: 4.0,
+            vflip: true,
+            rot90: true,
+            ..Default::default()
+        };
         let win = Some(Window { input: 24, output: 24 });
         let a = train_transform(img.clone(), labels.clone(), &cfg, win, false, 255, 9);
         let b = train_transform(img.clone(), labels.clone(), &cfg, win, false, 255, 9);

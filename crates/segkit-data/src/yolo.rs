@@ -24,12 +24,18 @@ pub fn parse_labels(text: &str, n_classes: usize) -> std::result::Result<Vec<Pol
         }
         let mut tokens = line.split_whitespace();
         let class_tok = tokens.next().unwrap_or_default();
-        let class: usize = class_tok.parse().map_err(|_| (line_no, format!("class id `{class_tok}` is not a whole number")))?;
+        let class: usize =
+            class_tok.parse().map_err(|_| (line_no, format!("class id `{class_tok}` is not a whole number")))?;
         if class >= n_classes || class > 255 {
             return Err((line_no, format!("class id {class} is outside the {n_classes} classes")));
         }
         let coords: Vec<f32> = tokens
-            .map(|t| t.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| (line_no, format!("coordinate `{t}` is not a number"))))
+            .map(|t| {
+                t.parse::<f32>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| (line_no, format!("coordinate `{t}` is not a number")))
+            })
             .collect::<std::result::Result<_, _>>()?;
         if let Some(v) = coords.iter().find(|v| !(-0.01..=1.01).contains(*v)) {
             return Err((line_no, format!("coordinate {v} is outside [0, 1] (coordinates must be normalised)")));
@@ -40,7 +46,9 @@ pub fn parse_labels(text: &str, n_classes: usize) -> std::result::Result<Vec<Pol
                 vec![(cx - w, cy - h), (cx + w, cy - h), (cx + w, cy + h), (cx - w, cy + h)]
             }
             n if n >= 6 && n % 2 == 0 => coords.chunks(2).map(|p| (p[0], p[1])).collect(),
-            n if n % 2 == 1 => return Err((line_no, format!("odd number of coordinates ({n}): x and y must come in pairs"))),
+            n if n % 2 == 1 => {
+                return Err((line_no, format!("odd number of coordinates ({n}): x and y must come in pairs")));
+            }
             n => return Err((line_no, format!("{} points are too few for a polygon (need 3)", n / 2))),
         };
         out.push(Polygon { class: class as u8, points });

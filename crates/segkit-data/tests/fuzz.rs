@@ -1,10 +1,10 @@
 //! Property tests: arbitrary bytes and text never make the decoders panic.
 
 use proptest::prelude::*;
-use segkit_data::classes::parse_yaml_names;
-use segkit_data::mask::{decode_png, to_labels, MaskEncoding};
-use segkit_data::yolo::parse_labels;
 use segkit_data::ClassSet;
+use segkit_data::classes::parse_yaml_names;
+use segkit_data::mask::{MaskEncoding, decode_png, to_labels};
+use segkit_data::yolo::parse_labels;
 
 /// A valid PNG header followed by arbitrary bytes reaches deeper into the decoder than noise.
 fn png_like() -> impl Strategy<Value = Vec<u8>> {

@@ -77,7 +77,8 @@ fn isbi_style_binary_masks_and_size_mismatch() {
     mkdirs(&root, &["image", "label"]);
     for i in 0..4 {
         write_png(&root.join("image").join(format!("{i:02}.png")), &gray(10, 10, |x, _| x as u8 * 20)).unwrap();
-        write_png(&root.join("label").join(format!("{i:02}.png")), &gray(10, 10, |x, _| if x < 5 { 0 } else { 255 })).unwrap();
+        write_png(&root.join("label").join(format!("{i:02}.png")), &gray(10, 10, |x, _| if x < 5 { 0 } else { 255 }))
+            .unwrap();
     }
     // A mask of the wrong size.
     write_png(&root.join("label").join("03.png"), &gray(9, 10, |_, _| 0)).unwrap();
@@ -94,7 +95,11 @@ fn isbi_style_binary_masks_and_size_mismatch() {
         other => panic!("expected a size mismatch, got {other:?}"),
     }
     let report = check(&ds, 1, |_, _| {});
-    assert!(report.problems.iter().any(|p| p.contains("03.png") && p.contains("10x10") && p.contains("9x10")), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().any(|p| p.contains("03.png") && p.contains("10x10") && p.contains("9x10")),
+        "{:?}",
+        report.problems
+    );
     assert!(report.splits[0].encodings.contains_key(&MaskEncoding::Binary.to_string()));
 }
 
@@ -107,7 +112,8 @@ fn voc_palette_masks_keep_indices() {
         let img = image::RgbImage::from_pixel(6, 4, image::Rgb([10, 20, 30]));
         img.save(root.join("JPEGImages").join(format!("{id}.jpg"))).unwrap();
         let labels: Vec<u8> = (0..24).map(|i| if i % 6 == 5 { 255 } else { (i % 3) as u8 * 7 }).collect();
-        write_palette_png(&root.join("SegmentationClassPNG").join(format!("{id}.png")), 6, 4, &labels, &colors).unwrap();
+        write_palette_png(&root.join("SegmentationClassPNG").join(format!("{id}.png")), 6, 4, &labels, &colors)
+            .unwrap();
     }
     std::fs::write(root.join("ImageSets/Segmentation/train.txt"), "a\n").unwrap();
     std::fs::write(root.join("ImageSets/Segmentation/val.txt"), "b\nmissing\n").unwrap();
@@ -161,7 +167,13 @@ fn loader_is_deterministic_and_resumable() {
     let spec = |workers| LoaderSpec {
         dataset: ds.clone(),
         samples: samples.clone(),
-        augment: AugmentConfig { crop: 16, scale_min: 0.8, scale_max: 1.2, brightness: 0.1, ..AugmentConfig::default() },
+        augment: AugmentConfig {
+            crop: 16,
+            scale_min: 0.8,
+            scale_max: 1.2,
+            brightness: 0.1,
+            ..AugmentConfig::default()
+        },
         window: Some(Window { input: 16, output: 16 }),
         mirror: false,
         channels: 3,

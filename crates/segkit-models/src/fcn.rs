@@ -144,8 +144,7 @@ impl Fcn {
         let taps = self.vgg.forward(x);
         let mut score = self.score_fr.forward(taps.fc7); // 1/32
         let at_once = self.variant == FcnVariant::Fcn8sAtOnce;
-        if let (Some(up2), Some(score_pool4), Some(off)) =
-            (&self.upscore2, &self.score_pool4, self.offsets.score_pool4)
+        if let (Some(up2), Some(score_pool4), Some(off)) = (&self.upscore2, &self.score_pool4, self.offsets.score_pool4)
         {
             let upscore2 = up2.forward(score); // 1/16
             let [_, _, uh, uw] = upscore2.dims();

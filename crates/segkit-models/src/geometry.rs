@@ -52,9 +52,7 @@ impl CoordMap {
         }
         let offset = (reference.offset - self.offset) / self.scale;
         if offset < 0.0 || offset.fract() != 0.0 {
-            return Err(ModelError::Geometry(format!(
-                "crop offset {offset} is not a non-negative whole number"
-            )));
+            return Err(ModelError::Geometry(format!("crop offset {offset} is not a non-negative whole number")));
         }
         Ok(offset as usize)
     }

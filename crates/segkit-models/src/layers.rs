@@ -2,9 +2,9 @@
 //! bilinear transpose convolution of FCN, and cropping.
 
 use burn::module::{Initializer, Param};
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
@@ -75,10 +75,7 @@ pub fn bilinear_up(c: usize, k: usize, stride: usize, learnable: bool, device: &
         weight[start..start + k * k].copy_from_slice(&kernel);
     }
     let weight = Tensor::<4>::from_data(TensorData::new(weight, [c, c, k, k]), device);
-    let mut up = ConvTranspose2dConfig::new([c, c], [k, k])
-        .with_stride([stride, stride])
-        .with_bias(false)
-        .init(device);
+    let mut up = ConvTranspose2dConfig::new([c, c], [k, k]).with_stride([stride, stride]).with_bias(false).init(device);
     up.weight = Param::from_tensor(weight).set_require_grad(learnable);
     up
 }

@@ -152,7 +152,9 @@ impl ModelConfig {
         if self.model != ModelKind::Unet {
             return Ok((h, w));
         }
-        let out = |s| unet_output_size(s, self.depth, self.padded).ok_or_else(|| unet::invalid_size(s, self.depth, self.padded));
+        let out = |s| {
+            unet_output_size(s, self.depth, self.padded).ok_or_else(|| unet::invalid_size(s, self.depth, self.padded))
+        };
         Ok((out(h)?, out(w)?))
     }
 

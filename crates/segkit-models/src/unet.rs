@@ -37,7 +37,12 @@ impl DoubleConv {
     fn new(c_in: usize, c_out: usize, padded: bool, batch_norm: bool, device: &Device) -> Self {
         let pad = usize::from(padded);
         let bn = || batch_norm.then(|| BatchNormConfig::new(c_out).init(device));
-        Self { conv1: conv(c_in, c_out, 3, pad, device), bn1: bn(), conv2: conv(c_out, c_out, 3, pad, device), bn2: bn() }
+        Self {
+            conv1: conv(c_in, c_out, 3, pad, device),
+            bn1: bn(),
+            conv2: conv(c_out, c_out, 3, pad, device),
+            bn2: bn(),
+        }
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -138,7 +143,8 @@ impl Unet {
 
     pub fn trace(&self, t: &mut Tracer, x: Shape3) -> Result<Shape3, ModelError> {
         let depth = self.down.len();
-        if unet_output_size(x[1], depth, self.padded).is_none() || unet_output_size(x[2], depth, self.padded).is_none() {
+        if unet_output_size(x[1], depth, self.padded).is_none() || unet_output_size(x[2], depth, self.padded).is_none()
+        {
             let bad = if unet_output_size(x[1], depth, self.padded).is_none() { x[1] } else { x[2] };
             return Err(invalid_size(bad, depth, self.padded));
         }

@@ -157,7 +157,9 @@ pub fn run(
     progress(warmup + steps, warmup + steps);
     let ms = median(&times);
     let (peak, source) = match device.memory_pool_usage() {
-        Some(u) if !device_desc.starts_with("CPU") => (u.bytes_reserved as f64 / (1024.0 * 1024.0), "device allocator (reserved, at the end)".to_string()),
+        Some(u) if !device_desc.starts_with("CPU") => {
+            (u.bytes_reserved as f64 / (1024.0 * 1024.0), "device allocator (reserved, at the end)".to_string())
+        }
         _ => (peak_rss_mb().unwrap_or(f64::NAN), "process peak RSS".to_string()),
     };
     Ok(BenchResult {
@@ -219,16 +221,26 @@ fn time_ms(device: &Device, warmup: usize, steps: usize, mut f: impl FnMut()) ->
     median(&t)
 }
 
-pub fn conv_probe(device: &Device, batch: usize, c_in: usize, c_out: usize, size: usize, warmup: usize, steps: usize) -> ConvProbe {
+pub fn conv_probe(
+    device: &Device,
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    size: usize,
+    warmup: usize,
+    steps: usize,
+) -> ConvProbe {
     use burn::nn::PaddingConfig2d;
     use burn::nn::conv::Conv2dConfig;
-    let conv = Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device);
+    let conv =
+        Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device);
     let x = Tensor::<4>::random([batch, c_in, size, size], Distribution::Normal(0.0, 1.0), device);
     let conv_forward_ms = time_ms(device, warmup, steps, || {
         let _ = conv.forward(x.clone()).sum().into_data();
     });
     let ad = device.clone().autodiff();
-    let conv_ad = Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&ad);
+    let conv_ad =
+        Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&ad);
     let xa = Tensor::<4>::random([batch, c_in, size, size], Distribution::Normal(0.0, 1.0), &ad).require_grad();
     let conv_train_ms = time_ms(device, warmup, steps, || {
         let grads = conv_ad.forward(xa.clone()).sum().backward();

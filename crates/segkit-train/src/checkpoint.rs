@@ -119,7 +119,9 @@ impl Checkpoint {
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(bad("not a segkit checkpoint (no segkit metadata); exported weights go through `segkit predict`".into()));
+            return Err(bad(
+                "not a segkit checkpoint (no segkit metadata); exported weights go through `segkit predict`".into(),
+            ));
         }
         let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata `{k}` missing")));
         let classes: ClassInfo = serde_json::from_str(&field("classes")?).map_err(|e| bad(format!("classes: {e}")))?;

@@ -118,8 +118,11 @@ pub fn compare(
         }
         let mut cfg: RunConfig = loaded.config.clone();
         cfg.data = data_cfg.clone();
-        let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
-        let pass = evaluate(&loaded.model, &cfg, &ds, &split_samples, device, None, samples, &mut |d, t| progress(&name, d, t))?;
+        let name =
+            dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
+        let pass = evaluate(&loaded.model, &cfg, &ds, &split_samples, device, None, samples, &mut |d, t| {
+            progress(&name, d, t)
+        })?;
         let (h, w) = pass.input_hw;
         let model_cpu = SegModel::new(&cfg.model, &Device::flex())?;
         let summary = model_cpu.summary(&cfg.model, [cfg.model.in_channels, h, w])?;
@@ -190,8 +193,24 @@ impl Comparison {
             let _ = write!(
                 csv,
                 "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{:.2},{},{},{:.2},{:.0},{},{},{:.0}",
-                r.name, r.model, s.pixel_acc, s.mean_acc, s.mean_iou, r.miou_ci.0, r.miou_ci.1, s.fw_iou, s.mean_dice,
-                r.parameters, r.gflop, r.input_hw.0, r.input_hw.1, r.ms_per_image, r.peak_memory_mb, r.evaluated_step, r.train_steps, r.train_seconds
+                r.name,
+                r.model,
+                s.pixel_acc,
+                s.mean_acc,
+                s.mean_iou,
+                r.miou_ci.0,
+                r.miou_ci.1,
+                s.fw_iou,
+                s.mean_dice,
+                r.parameters,
+                r.gflop,
+                r.input_hw.0,
+                r.input_hw.1,
+                r.ms_per_image,
+                r.peak_memory_mb,
+                r.evaluated_step,
+                r.train_steps,
+                r.train_seconds
             );
             for v in &s.class_iou {
                 let _ = write!(csv, ",{}", v.map_or(String::new(), |v| format!("{v:.6}")));
@@ -212,8 +231,24 @@ impl Comparison {
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} ({}-{}) | {} | {} | {} | {:.1} ({}x{}) | {:.1} | {:.0} | {} | {} | {:.0} s |",
-                r.name, r.model, f4(s.pixel_acc), f4(s.mean_acc), f4(s.mean_iou), f4(r.miou_ci.0), f4(r.miou_ci.1), f4(s.fw_iou),
-                f4(s.mean_dice), r.parameters, r.gflop, r.input_hw.0, r.input_hw.1, r.ms_per_image, r.peak_memory_mb, r.evaluated_step, r.train_steps, r.train_seconds
+                r.name,
+                r.model,
+                f4(s.pixel_acc),
+                f4(s.mean_acc),
+                f4(s.mean_iou),
+                f4(r.miou_ci.0),
+                f4(r.miou_ci.1),
+                f4(s.fw_iou),
+                f4(s.mean_dice),
+                r.parameters,
+                r.gflop,
+                r.input_hw.0,
+                r.input_hw.1,
+                r.ms_per_image,
+                r.peak_memory_mb,
+                r.evaluated_step,
+                r.train_steps,
+                r.train_seconds
             );
         }
         if self.runs.len() > 1 {
@@ -249,7 +284,11 @@ impl Comparison {
         for (k, c) in self.classes.iter().enumerate() {
             let _ = write!(md, "| {c} |");
             for r in &self.runs {
-                let _ = write!(md, " {} |", r.scores.class_iou.get(k).copied().flatten().map_or("-".into(), |v| format!("{v:.4}")));
+                let _ = write!(
+                    md,
+                    " {} |",
+                    r.scores.class_iou.get(k).copied().flatten().map_or("-".into(), |v| format!("{v:.4}"))
+                );
             }
             md.push('\n');
         }
@@ -265,7 +304,8 @@ impl Comparison {
         put("report.md", md.as_bytes())?;
         put("report.csv", csv.as_bytes())?;
         put("curves.png", &self.curves().png_bytes())?;
-        let series: Vec<(String, Vec<Option<f64>>)> = self.runs.iter().map(|r| (r.name.clone(), r.scores.class_iou.clone())).collect();
+        let series: Vec<(String, Vec<Option<f64>>)> =
+            self.runs.iter().map(|r| (r.name.clone(), r.scores.class_iou.clone())).collect();
         put("per_class_iou.png", &plot::bar_chart("IoU per class", &self.classes, &series).png_bytes())?;
         if !self.samples.is_empty() {
             put("samples.png", &self.samples_grid().png_bytes())?;
@@ -285,7 +325,13 @@ impl Comparison {
                 })
                 .collect()
         };
-        let top = plot::line_chart("Validation mean IoU", "optimiser step", "mean IoU", &series(|h| h.mean_iou), Some((0.0, 1.0)));
+        let top = plot::line_chart(
+            "Validation mean IoU",
+            "optimiser step",
+            "mean IoU",
+            &series(|h| h.mean_iou),
+            Some((0.0, 1.0)),
+        );
         let bottom = plot::line_chart("Training loss", "optimiser step", "loss", &series(|h| h.train_loss), None);
         let mut c = Canvas::new(top.width, top.height + bottom.height, [255, 255, 255]);
         for (img, y0) in [(&top, 0), (&bottom, top.height)] {

@@ -131,12 +131,18 @@ impl RunConfig {
         Self::from_table(table, origin, overrides, Path::new("."))
     }
 
-    fn from_table(mut table: toml::Table, origin: &str, overrides: &[String], base: &Path) -> Result<RunConfig, TrainError> {
+    fn from_table(
+        mut table: toml::Table,
+        origin: &str,
+        overrides: &[String],
+        base: &Path,
+    ) -> Result<RunConfig, TrainError> {
         let bad = |m: String| TrainError::Config(format!("{origin}: {m}"));
         for o in overrides {
             apply_override(&mut table, o).map_err(|m| TrainError::Config(format!("--set {o}: {m}")))?;
         }
-        let mut cfg: RunConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        let mut cfg: RunConfig =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
         if cfg.data.format != DataFormat::Synthetic && !cfg.data.root.is_empty() {
             let root = PathBuf::from(&cfg.data.root);
             // A root given on the command line is relative to where the user runs segkit.
@@ -239,7 +245,8 @@ mod tests {
     fn quickstart_parses_and_overrides_apply() {
         let cfg = RunConfig::quickstart(&[]).unwrap();
         assert_eq!(cfg.data.format, DataFormat::Synthetic);
-        let cfg = RunConfig::quickstart(&["train.lr=0.5".into(), "name=other".into(), "train.device=cpu".into()]).unwrap();
+        let cfg =
+            RunConfig::quickstart(&["train.lr=0.5".into(), "name=other".into(), "train.device=cpu".into()]).unwrap();
         assert_eq!(cfg.train.lr, 0.5);
         assert_eq!(cfg.name, "other");
         // Round trip through the resolved file.

@@ -38,17 +38,23 @@ pub fn select(name: &str) -> Result<(Device, String), TrainError> {
             }
         }
         "vulkan" => {
-            for (kind, what) in [(DeviceKind::DiscreteGpu(0), "discrete GPU 0"), (DeviceKind::DefaultDevice, "default adapter")] {
+            for (kind, what) in
+                [(DeviceKind::DiscreteGpu(0), "discrete GPU 0"), (DeviceKind::DefaultDevice, "default adapter")]
+            {
                 let d = Device::vulkan(kind);
                 if works(&d) {
                     return Ok((d, format!("GPU through Vulkan/SPIR-V ({what})")));
                 }
             }
-            Err(TrainError::Device("no Vulkan adapter could be opened (is a Vulkan driver installed?); use --device cpu".into()))
+            Err(TrainError::Device(
+                "no Vulkan adapter could be opened (is a Vulkan driver installed?); use --device cpu".into(),
+            ))
         }
         "auto" => {
             // Only real GPUs: a software rasteriser (llvmpipe, lavapipe) is slower than flex.
-            for (kind, what) in [(DeviceKind::DiscreteGpu(0), "discrete GPU 0"), (DeviceKind::IntegratedGpu(0), "integrated GPU 0")] {
+            for (kind, what) in
+                [(DeviceKind::DiscreteGpu(0), "discrete GPU 0"), (DeviceKind::IntegratedGpu(0), "integrated GPU 0")]
+            {
                 let d = Device::wgpu(kind);
                 if works(&d) {
                     return Ok((d, format!("GPU through wgpu ({what})")));

@@ -111,7 +111,14 @@ pub fn evaluate(
         }
     }
     progress(samples.len(), samples.len());
-    Ok(EvalPass { cm, loss: if valid > 0 { loss_sum / valid as f64 } else { 0.0 }, kept, per_image, forward_s, input_hw })
+    Ok(EvalPass {
+        cm,
+        loss: if valid > 0 { loss_sum / valid as f64 } else { 0.0 },
+        kept,
+        per_image,
+        forward_s,
+        input_hw,
+    })
 }
 
 /// `eval.json` of a run.
@@ -148,14 +155,24 @@ pub fn checkpoint_path(run: &Path) -> Result<PathBuf, TrainError> {
             return Ok(p);
         }
     }
-    Err(TrainError::checkpoint(run, "no checkpoint here (expected best.safetensors or last.safetensors in a run directory)"))
+    Err(TrainError::checkpoint(
+        run,
+        "no checkpoint here (expected best.safetensors or last.safetensors in a run directory)",
+    ))
 }
 
 /// Loads a run's model onto `device` (no autodiff).
 pub fn load_run(run: &Path, device: &Device) -> Result<Loaded, TrainError> {
     if run.is_file() && crate::export::is_export(run) {
         let (config, classes, model) = crate::export::load(run, device)?;
-        return Ok(Loaded { config, classes, model, checkpoint: run.to_path_buf(), step: 0, state: Default::default() });
+        return Ok(Loaded {
+            config,
+            classes,
+            model,
+            checkpoint: run.to_path_buf(),
+            step: 0,
+            state: Default::default(),
+        });
     }
     let path = checkpoint_path(run)?;
     let ck = Checkpoint::load(&path)?;

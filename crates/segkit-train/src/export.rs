@@ -17,10 +17,10 @@ use burn::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors};
 use segkit_models::SegModel;
 
+use crate::TrainError;
 use crate::checkpoint::{ClassInfo, read_f32, write_safetensors};
 use crate::config::RunConfig;
 use crate::params::{self, HostTensor};
-use crate::TrainError;
 
 const FORMAT: &str = "segkit-export-1";
 
@@ -46,7 +46,13 @@ pub fn is_export(path: &Path) -> bool {
 }
 
 /// Writes `model` to `out` under PyTorch names, f32 or (`half`) f16.
-pub fn export(model: &SegModel, config: &RunConfig, classes: &ClassInfo, out: &Path, half: bool) -> Result<usize, TrainError> {
+pub fn export(
+    model: &SegModel,
+    config: &RunConfig,
+    classes: &ClassInfo,
+    out: &Path,
+    half: bool,
+) -> Result<usize, TrainError> {
     let tensors = params::collect(model);
     let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
@@ -76,9 +82,13 @@ pub fn export(model: &SegModel, config: &RunConfig, classes: &ClassInfo, out: &P
 
 /// Reads a state dict of PyTorch names from a safetensors file into `model`, by name. Tensors of
 /// the file the model lacks are listed as unused; a shape mismatch is an error.
-pub fn load_torch_names(model: SegModel, path: &Path) -> Result<(SegModel, params::LoadReport, Vec<String>), TrainError> {
+pub fn load_torch_names(
+    model: SegModel,
+    path: &Path,
+) -> Result<(SegModel, params::LoadReport, Vec<String>), TrainError> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::checkpoint(path, format!("not a safetensors file ({e})")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| TrainError::checkpoint(path, format!("not a safetensors file ({e})")))?;
     let names = segkit_names(&model);
     let mut source = BTreeMap::new();
     let mut unused = Vec::new();
@@ -94,7 +104,10 @@ pub fn load_torch_names(model: SegModel, path: &Path) -> Result<(SegModel, param
     let (model, report) = params::load(model, &source);
     if !report.mismatched.is_empty() {
         let (p, want, got) = &report.mismatched[0];
-        return Err(TrainError::checkpoint(path, format!("{}: shape {got:?} in the file, {want:?} in the model", torch_name(p))));
+        return Err(TrainError::checkpoint(
+            path,
+            format!("{}: shape {got:?} in the file, {want:?} in the model", torch_name(p)),
+        ));
     }
     Ok((model, report, unused))
 }
@@ -104,7 +117,8 @@ pub fn load(path: &Path, device: &Device) -> Result<(RunConfig, ClassInfo, SegMo
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
-    let get = |k: &str| meta.get(k).cloned().ok_or_else(|| TrainError::checkpoint(path, format!("metadata `{k}` missing")));
+    let get =
+        |k: &str| meta.get(k).cloned().ok_or_else(|| TrainError::checkpoint(path, format!("metadata `{k}` missing")));
     let config = RunConfig::parse_stored(&get("config")?, &format!("{} (metadata)", path.display()), &[])?;
     let classes = ClassInfo {
         names: serde_json::from_str(&get("class_names")?).map_err(|e| TrainError::checkpoint(path, e.to_string()))?,
@@ -114,7 +128,10 @@ pub fn load(path: &Path, device: &Device) -> Result<(RunConfig, ClassInfo, SegMo
     let model = SegModel::new(&config.model, device)?;
     let (model, report, _) = load_torch_names(model, path)?;
     if !report.missing.is_empty() {
-        return Err(TrainError::checkpoint(path, format!("tensors missing: {}", report.missing.iter().map(|p| torch_name(p)).collect::<Vec<_>>().join(", "))));
+        return Err(TrainError::checkpoint(
+            path,
+            format!("tensors missing: {}", report.missing.iter().map(|p| torch_name(p)).collect::<Vec<_>>().join(", ")),
+        ));
     }
     Ok((config, classes, model))
 }

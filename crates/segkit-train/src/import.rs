@@ -11,19 +11,30 @@ use segkit_data::Normalize;
 use segkit_data::layout::VOC_CLASSES;
 use segkit_models::{ModelConfig, ModelKind, SegModel};
 
+use crate::TrainError;
 use crate::checkpoint::{ClassInfo, bytes_of, write_safetensors};
 use crate::config::RunConfig;
 use crate::params::{self, HostTensor};
 use crate::torchfile::read_state_dict;
-use crate::TrainError;
 
 /// Marks a file written by [`import_vgg16`].
 pub const BACKBONE_FORMAT: &str = "segkit-backbone-1";
 
 /// torchvision `vgg16().features` indices of the 13 convolutions, in order.
 const VGG_FEATURES: [(usize, &str); 13] = [
-    (0, "conv1_1"), (2, "conv1_2"), (5, "conv2_1"), (7, "conv2_2"), (10, "conv3_1"), (12, "conv3_2"), (14, "conv3_3"),
-    (17, "conv4_1"), (19, "conv4_2"), (21, "conv4_3"), (24, "conv5_1"), (26, "conv5_2"), (28, "conv5_3"),
+    (0, "conv1_1"),
+    (2, "conv1_2"),
+    (5, "conv2_1"),
+    (7, "conv2_2"),
+    (10, "conv3_1"),
+    (12, "conv3_2"),
+    (14, "conv3_3"),
+    (17, "conv4_1"),
+    (19, "conv4_2"),
+    (21, "conv4_3"),
+    (24, "conv5_1"),
+    (26, "conv5_2"),
+    (28, "conv5_3"),
 ];
 
 /// torchvision VGG16 names -> FCN trunk names (`conv1_1.weight` ... `fc7.bias`), with the
@@ -39,7 +50,11 @@ pub fn vgg16_to_fcn(sd: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String
     let c5 = out["conv5_3.weight"].shape[0];
     let fc6 = get("classifier.0.weight")?;
     if fc6.shape.len() != 2 || fc6.shape[1] != c5 * 49 {
-        return Err(format!("classifier.0.weight has shape {:?}; expected [fc, {}] (conv5 width x 7 x 7)", fc6.shape, c5 * 49));
+        return Err(format!(
+            "classifier.0.weight has shape {:?}; expected [fc, {}] (conv5 width x 7 x 7)",
+            fc6.shape,
+            c5 * 49
+        ));
     }
     let fc = fc6.shape[0];
     out.insert("fc6.weight".into(), HostTensor { shape: vec![fc, c5, 7, 7], values: fc6.values.clone() });
@@ -64,7 +79,8 @@ pub fn import_vgg16(input: &Path, out: &Path) -> Result<(usize, usize, usize), T
         ("source".to_string(), format!("torchvision VGG16 ({})", input.display())),
         ("normalize".to_string(), "imagenet".to_string()),
     ]);
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = trunk.iter().map(|(k, t)| (k.clone(), t.shape.clone(), bytes_of(&t.values))).collect();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+        trunk.iter().map(|(k, t)| (k.clone(), t.shape.clone(), bytes_of(&t.values))).collect();
     write_safetensors(out, &tensors, Dtype::F32, meta)?;
     Ok((trunk.len(), base, fc))
 }
@@ -90,7 +106,12 @@ pub fn load_backbone(model: SegModel, path: &Path) -> Result<(SegModel, usize), 
     let by_path: BTreeMap<String, HostTensor> = sd.into_iter().map(|(k, v)| (format!("vgg.{k}"), v)).collect();
     let (model, report) = params::load(model, &by_path);
     if let Some((p, want, got)) = report.mismatched.first() {
-        return Err(TrainError::checkpoint(path, format!("{p}: shape {got:?} in the file, {want:?} in the model (check model.base_width / fc_width / in_channels)")));
+        return Err(TrainError::checkpoint(
+            path,
+            format!(
+                "{p}: shape {got:?} in the file, {want:?} in the model (check model.base_width / fc_width / in_channels)"
+            ),
+        ));
     }
     if report.loaded.is_empty() {
         return Err(TrainError::checkpoint(path, "no trunk tensors matched the model (is it an FCN?)"));
@@ -102,9 +123,16 @@ pub fn load_backbone(model: SegModel, path: &Path) -> Result<(SegModel, usize), 
 /// self-describing segkit file (see [`crate::export`]) that `eval` and `predict` take. The
 /// reference models were trained on Caffe BGR inputs with VOC classes; `classes` defaults to the
 /// width of `score_fr`.
-pub fn import_fcn(kind: ModelKind, input: &Path, out: &Path, class_names: Option<Vec<String>>) -> Result<usize, TrainError> {
+pub fn import_fcn(
+    kind: ModelKind,
+    input: &Path,
+    out: &Path,
+    class_names: Option<Vec<String>>,
+) -> Result<usize, TrainError> {
     let sd = read_state_dict(input)?;
-    let score = sd.get("score_fr.weight").ok_or_else(|| TrainError::checkpoint(input, "`score_fr.weight` missing: not an FCN state dict"))?;
+    let score = sd
+        .get("score_fr.weight")
+        .ok_or_else(|| TrainError::checkpoint(input, "`score_fr.weight` missing: not an FCN state dict"))?;
     let n = score.shape[0];
     let mut model_cfg = ModelConfig::paper(kind, n);
     model_cfg.base_width = sd.get("conv1_1.weight").map_or(64, |t| t.shape[0]);
@@ -127,14 +155,18 @@ pub fn import_fcn(kind: ModelKind, input: &Path, out: &Path, class_names: Option
     let device = Device::flex();
     let model = SegModel::new(&cfg.model, &device)?;
     let by_path: BTreeMap<String, HostTensor> = {
-        let names_map: BTreeMap<String, String> = params::shapes(&model).into_keys().map(|k| (crate::export::torch_name(&k), k)).collect();
+        let names_map: BTreeMap<String, String> =
+            params::shapes(&model).into_keys().map(|k| (crate::export::torch_name(&k), k)).collect();
         sd.into_iter().filter_map(|(k, v)| names_map.get(&k).map(|p| (p.clone(), v))).collect()
     };
     let (model, report) = params::load(model, &by_path);
     if !report.missing.is_empty() || !report.mismatched.is_empty() {
         return Err(TrainError::checkpoint(
             input,
-            format!("does not fit a reference {kind}: missing {:?}, mismatched {:?}", report.missing, report.mismatched),
+            format!(
+                "does not fit a reference {kind}: missing {:?}, mismatched {:?}",
+                report.missing, report.mismatched
+            ),
         ));
     }
     let colors = (0..n).map(|i| segkit_data::classes::voc_color(i as u8)).collect();

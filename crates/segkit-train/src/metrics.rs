@@ -119,7 +119,9 @@ mod tests {
         let s = cm.scores();
         let got = [s.pixel_acc, s.mean_acc, s.mean_iou, s.fw_iou, s.mean_dice];
         let want = [pixel_acc, mean_acc, mean_iou, fw_iou, mean_dice];
-        for (name, (g, w)) in ["pixel_acc", "mean_acc", "mean_iou", "fw_iou", "mean_dice"].iter().zip(got.iter().zip(want)) {
+        for (name, (g, w)) in
+            ["pixel_acc", "mean_acc", "mean_iou", "fw_iou", "mean_dice"].iter().zip(got.iter().zip(want))
+        {
             assert!(close(*g, w), "{name}: got {g}, want {w} for {rows:?}");
         }
     }

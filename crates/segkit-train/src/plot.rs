@@ -12,8 +12,16 @@ pub type Rgb = [u8; 3];
 
 /// Distinct series colours (Tableau 10).
 pub const SERIES: [Rgb; 10] = [
-    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-    [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+    [188, 189, 34],
+    [23, 190, 207],
 ];
 
 /// 5x7 glyphs, one byte per row, the low 5 bits left to right.
@@ -198,7 +206,8 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
     let (w, h) = (800usize, 480usize);
     let mut c = Canvas::new(w, h, WHITE);
     let (left, right, top, bottom) = (70.0, 20.0, 40.0, 50.0);
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+    let pts: Vec<(f64, f64)> =
+        series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
     let (mut x0, mut x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (mut y0, mut y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     if pts.is_empty() {
@@ -235,7 +244,12 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
     for s in series {
         let p: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
         for pair in p.windows(2) {
-            c.line((px(pair[0].0), py(pair[0].1.clamp(y0, y1))), (px(pair[1].0), py(pair[1].1.clamp(y0, y1))), s.color, 2);
+            c.line(
+                (px(pair[0].0), py(pair[0].1.clamp(y0, y1))),
+                (px(pair[1].0), py(pair[1].1.clamp(y0, y1))),
+                s.color,
+                2,
+            );
         }
         if p.len() == 1 {
             c.rect(px(p[0].0) as isize - 2, py(p[0].1) as isize - 2, 5, 5, s.color);
@@ -275,7 +289,13 @@ pub fn bar_chart(title: &str, categories: &[String], series: &[(String, Vec<Opti
         for (k, (_, values)) in series.iter().enumerate() {
             if let Some(Some(v)) = values.get(g) {
                 let bh = (v.clamp(0.0, 1.0) * ph) as usize;
-                c.rect((gx + k * 14) as isize, (top as f64 + ph) as isize - bh as isize, 12, bh, SERIES[k % SERIES.len()]);
+                c.rect(
+                    (gx + k * 14) as isize,
+                    (top as f64 + ph) as isize - bh as isize,
+                    12,
+                    bh,
+                    SERIES[k % SERIES.len()],
+                );
             }
         }
         // Category names, written vertically downwards one character per line would be
@@ -298,7 +318,14 @@ pub fn image_grid(columns: &[String], rows: &[Vec<ImageBuf>], cell: usize) -> Ca
     let ncol = columns.len();
     let cell_w = |img: &ImageBuf| (img.width * cell).div_ceil(img.height.max(1));
     let col_w: Vec<usize> = (0..ncol)
-        .map(|k| rows.iter().filter_map(|r| r.get(k)).map(cell_w).max().unwrap_or(cell).max(Canvas::text_width(&columns[k], 1)))
+        .map(|k| {
+            rows.iter()
+                .filter_map(|r| r.get(k))
+                .map(cell_w)
+                .max()
+                .unwrap_or(cell)
+                .max(Canvas::text_width(&columns[k], 1))
+        })
         .collect();
     let pad = 6;
     let w = col_w.iter().sum::<usize>() + pad * (ncol + 1);
@@ -348,7 +375,8 @@ mod tests {
     fn charts_render_without_data_and_with_it() {
         let empty = line_chart("Loss", "step", "loss", &[], None);
         assert_eq!((empty.width, empty.height), (800, 480));
-        let s = Series { name: "train".into(), color: SERIES[0], points: vec![(0.0, 2.0), (10.0, 1.0), (20.0, f64::NAN)] };
+        let s =
+            Series { name: "train".into(), color: SERIES[0], points: vec![(0.0, 2.0), (10.0, 1.0), (20.0, f64::NAN)] };
         let c = line_chart("Loss", "step", "loss", &[s], None);
         assert!(c.rgb.chunks(3).any(|p| p == SERIES[0]));
         let png = c.png_bytes();

@@ -81,7 +81,10 @@ impl Prediction {
 
     /// Boxes as `[N, 6]`: x1, y1, x2, y2, confidence, class.
     pub fn boxes(&self) -> Vec<[f32; 6]> {
-        self.objects.iter().map(|o| [o.xyxy[0], o.xyxy[1], o.xyxy[2], o.xyxy[3], o.confidence, o.class_id as f32]).collect()
+        self.objects
+            .iter()
+            .map(|o| [o.xyxy[0], o.xyxy[1], o.xyxy[2], o.xyxy[3], o.confidence, o.class_id as f32])
+            .collect()
     }
 }
 
@@ -102,7 +105,8 @@ impl Predictor {
     fn probs(&self, input: &ImageBuf) -> Vec<f32> {
         let mut data = vec![0f32; input.data.len()];
         self.normalize().apply(input, &mut data);
-        let x = Tensor::<4>::from_data(TensorData::new(data, [1, input.channels, input.height, input.width]), &self.device);
+        let x =
+            Tensor::<4>::from_data(TensorData::new(data, [1, input.channels, input.height, input.width]), &self.device);
         to_f32(softmax(self.model.forward(x), 1))
     }
 
@@ -206,7 +210,14 @@ impl Predictor {
 
 /// Copies the top-left `h x w` part (or less at the borders) of `src` (`[C, sh, sw]`) into `dst`
 /// (`[C, H, W]`) at (`oy`, `ox`).
-fn paste(dst: &mut [f32], src: &[f32], (h, w): (usize, usize), (sh, sw): (usize, usize), (oy, ox): (usize, usize), c: usize) {
+fn paste(
+    dst: &mut [f32],
+    src: &[f32],
+    (h, w): (usize, usize),
+    (sh, sw): (usize, usize),
+    (oy, ox): (usize, usize),
+    c: usize,
+) {
     for k in 0..c {
         for y in 0..sh.min(h.saturating_sub(oy)) {
             for x in 0..sw.min(w.saturating_sub(ox)) {

@@ -24,7 +24,8 @@ fn u64le(b: &[u8], at: usize) -> Option<usize> {
 
 /// The stored (uncompressed) entries of a zip archive, by name.
 fn zip_entries(b: &[u8]) -> Result<BTreeMap<String, &[u8]>, String> {
-    let eocd = (0..b.len().saturating_sub(21)).rev().take(70_000).find(|&i| b[i..].starts_with(&[0x50, 0x4b, 0x05, 0x06]));
+    let eocd =
+        (0..b.len().saturating_sub(21)).rev().take(70_000).find(|&i| b[i..].starts_with(&[0x50, 0x4b, 0x05, 0x06]));
     let eocd = eocd.ok_or("not a zip archive (no end of central directory): is this a .pth from PyTorch >= 1.6?")?;
     let mut count = u16le(b, eocd + 10).ok_or("truncated zip directory")?;
     let mut dir = u32le(b, eocd + 16).ok_or("truncated zip directory")?;
@@ -95,7 +96,9 @@ enum V {
 
 fn as_usize_vec(v: &V) -> Option<Vec<usize>> {
     match v {
-        V::Tuple(items) | V::List(items) => items.iter().map(|i| if let V::Int(n) = i { usize::try_from(*n).ok() } else { None }).collect(),
+        V::Tuple(items) | V::List(items) => {
+            items.iter().map(|i| if let V::Int(n) = i { usize::try_from(*n).ok() } else { None }).collect()
+        }
         _ => None,
     }
 }
@@ -215,7 +218,9 @@ fn unpickle(data: &[u8]) -> Result<V, String> {
                 let pid = pop(&mut stack)?;
                 let V::Tuple(parts) = pid else { return Err("unexpected persistent id".into()) };
                 match (parts.get(1), parts.get(2)) {
-                    (Some(V::Global(_, dtype)), Some(V::Str(key))) => stack.push(V::Storage { key: key.clone(), dtype: dtype.clone() }),
+                    (Some(V::Global(_, dtype)), Some(V::Str(key))) => {
+                        stack.push(V::Storage { key: key.clone(), dtype: dtype.clone() })
+                    }
                     _ => return Err("persistent id is not a storage".into()),
                 }
             }
@@ -223,13 +228,20 @@ fn unpickle(data: &[u8]) -> Result<V, String> {
                 let (args, f) = (pop(&mut stack)?, pop(&mut stack)?);
                 let V::Tuple(args) = args else { return Err("REDUCE without an argument tuple".into()) };
                 let v = match f {
-                    V::Global(m, n) if m == "torch._utils" && n == "_rebuild_tensor_v2" => match (args.first(), args.get(1), args.get(2).and_then(as_usize_vec), args.get(3).and_then(as_usize_vec)) {
+                    V::Global(m, n) if m == "torch._utils" && n == "_rebuild_tensor_v2" => match (
+                        args.first(),
+                        args.get(1),
+                        args.get(2).and_then(as_usize_vec),
+                        args.get(3).and_then(as_usize_vec),
+                    ) {
                         (Some(V::Storage { key, dtype }), Some(V::Int(off)), Some(shape), Some(strides)) => {
                             V::Tensor { key: key.clone(), dtype: dtype.clone(), offset: *off as usize, shape, strides }
                         }
                         _ => return Err("malformed _rebuild_tensor_v2".into()),
                     },
-                    V::Global(m, n) if m == "torch._utils" && n == "_rebuild_parameter" => args.into_iter().next().ok_or("empty _rebuild_parameter")?,
+                    V::Global(m, n) if m == "torch._utils" && n == "_rebuild_parameter" => {
+                        args.into_iter().next().ok_or("empty _rebuild_parameter")?
+                    }
                     V::Global(m, n) if m == "collections" && n == "OrderedDict" => V::Dict(Vec::new()),
                     V::Global(m, n) => V::Other(format!("{m}.{n}")),
                     _ => V::Other("call".into()),
@@ -289,13 +301,18 @@ pub fn read_pth(path: &Path) -> Result<BTreeMap<String, HostTensor>, TrainError>
     let bad = |m: String| TrainError::checkpoint(path, m);
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let entries = zip_entries(&bytes).map_err(bad)?;
-    let (pkl_name, pkl) = entries.iter().find(|(k, _)| k.ends_with("/data.pkl")).ok_or_else(|| bad("no data.pkl in the archive".into()))?;
+    let (pkl_name, pkl) = entries
+        .iter()
+        .find(|(k, _)| k.ends_with("/data.pkl"))
+        .ok_or_else(|| bad("no data.pkl in the archive".into()))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let mut top = unpickle(pkl).map_err(|m| bad(format!("data.pkl: {m}")))?;
     for _ in 0..2 {
         let inner = match &top {
             V::Dict(items) => items.iter().find_map(|(k, v)| match (k, v) {
-                (V::Str(k), V::Dict(_)) if k == "model_state_dict" || k == "state_dict" || k == "model" => Some(v.clone()),
+                (V::Str(k), V::Dict(_)) if k == "model_state_dict" || k == "state_dict" || k == "model" => {
+                    Some(v.clone())
+                }
                 _ => None,
             }),
             _ => None,
@@ -309,13 +326,16 @@ pub fn read_pth(path: &Path) -> Result<BTreeMap<String, HostTensor>, TrainError>
     let mut out = BTreeMap::new();
     for (k, v) in items {
         let (V::Str(name), V::Tensor { key, dtype, offset, shape, strides }) = (k, v) else { continue };
-        let data = entries.get(&format!("{prefix}data/{key}")).ok_or_else(|| bad(format!("{name}: storage {key} missing")))?;
+        let data =
+            entries.get(&format!("{prefix}data/{key}")).ok_or_else(|| bad(format!("{name}: storage {key} missing")))?;
         let n: usize = shape.iter().product();
         let mut values = Vec::with_capacity(n);
         let mut idx = vec![0usize; shape.len()];
         for _ in 0..n {
             let pos = offset + idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>();
-            values.push(element(&dtype, data, pos).ok_or_else(|| bad(format!("{name}: unsupported or truncated {dtype}")))?);
+            values.push(
+                element(&dtype, data, pos).ok_or_else(|| bad(format!("{name}: unsupported or truncated {dtype}")))?,
+            );
             for d in (0..shape.len()).rev() {
                 idx[d] += 1;
                 if idx[d] < shape[d] {
@@ -338,11 +358,13 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, HostTensor>, Trai
     if bytes.starts_with(&[0x50, 0x4b, 0x03, 0x04]) {
         return read_pth(path);
     }
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| TrainError::checkpoint(path, format!("neither a PyTorch .pth (zip) nor a safetensors file ({e})")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        TrainError::checkpoint(path, format!("neither a PyTorch .pth (zip) nor a safetensors file ({e})"))
+    })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let values = crate::checkpoint::read_f32(&view).map_err(|m| TrainError::checkpoint(path, format!("{name}: {m}")))?;
+        let values =
+            crate::checkpoint::read_f32(&view).map_err(|m| TrainError::checkpoint(path, format!("{name}: {m}")))?;
         out.insert(name, HostTensor { shape: view.shape().to_vec(), values });
     }
     Ok(out)

@@ -42,10 +42,27 @@ pub enum Event<'a> {
         start_step: usize,
         notes: &'a [String],
     },
-    Step { step: usize, total: usize, epoch: usize, loss: f32, lr: f64, images_per_s: f64 },
-    Validating { done: usize, total: usize },
-    Validated { row: &'a MetricsRow, scores: &'a Scores, classes: &'a [String], best: bool },
-    Saved { path: &'a Path },
+    Step {
+        step: usize,
+        total: usize,
+        epoch: usize,
+        loss: f32,
+        lr: f64,
+        images_per_s: f64,
+    },
+    Validating {
+        done: usize,
+        total: usize,
+    },
+    Validated {
+        row: &'a MetricsRow,
+        scores: &'a Scores,
+        classes: &'a [String],
+        best: bool,
+    },
+    Saved {
+        path: &'a Path,
+    },
 }
 
 pub trait Observer {
@@ -99,7 +116,13 @@ struct Run {
 }
 
 impl Run {
-    fn save(&self, model: &SegModel, opt: &Optimizer, state: &TrainState, obs: &mut dyn Observer) -> Result<(), TrainError> {
+    fn save(
+        &self,
+        model: &SegModel,
+        opt: &Optimizer,
+        state: &TrainState,
+        obs: &mut dyn Observer,
+    ) -> Result<(), TrainError> {
         let optim = opt
             .state
             .slots
@@ -192,7 +215,11 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         workers: t.workers.max(1),
         prefetch: t.prefetch.max(1),
     };
-    let classes = ClassInfo { names: ds.classes.names.clone(), colors: ds.classes.colors.clone(), ignore_index: ds.classes.ignore_index };
+    let classes = ClassInfo {
+        names: ds.classes.names.clone(),
+        colors: ds.classes.colors.clone(),
+        ignore_index: ds.classes.ignore_index,
+    };
     let ignore = ds.classes.ignore_index as i64;
 
     // Class weights: given, or median frequency over the training masks.
@@ -218,7 +245,10 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             }
         }
         let w = median_frequency_weights(&class_px, &image_px);
-        notes.push(format!("median-frequency class weights: {}", w.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ")));
+        notes.push(format!(
+            "median-frequency class weights: {}",
+            w.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ")
+        ));
         Some(w)
     } else {
         None
@@ -237,7 +267,13 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             let ck = Checkpoint::load(&path)?;
             let (m, report) = params::load(model, &ck.model);
             if !report.missing.is_empty() || !report.mismatched.is_empty() {
-                return Err(TrainError::checkpoint(&path, format!("does not fit the config's model: missing {:?}, mismatched {:?}", report.missing, report.mismatched)));
+                return Err(TrainError::checkpoint(
+                    &path,
+                    format!(
+                        "does not fit the config's model: missing {:?}, mismatched {:?}",
+                        report.missing, report.mismatched
+                    ),
+                ));
             }
             model = m;
             for (k, h) in ck.optim {
@@ -263,7 +299,10 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                 }
                 let (m, n) = crate::import::load_backbone(model, path)?;
                 model = m;
-                notes.push(format!("trunk initialised from {} ({n} tensors; inputs normalised as {wanted:?})", path.display()));
+                notes.push(format!(
+                    "trunk initialised from {} ({n} tensors; inputs normalised as {wanted:?})",
+                    path.display()
+                ));
             }
             if !t.init_from.is_empty() {
                 let (path, ck) = init_weights(&t.init_from)?;
@@ -273,7 +312,13 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                     "initialised {} tensors from {} (by name); kept fresh: {}",
                     report.loaded.len(),
                     path.display(),
-                    report.missing.iter().chain(report.mismatched.iter().map(|m| &m.0)).cloned().collect::<Vec<_>>().join(", ")
+                    report
+                        .missing
+                        .iter()
+                        .chain(report.mismatched.iter().map(|m| &m.0))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             let dir = new_run_dir(Path::new(&t.out_dir), &cfg.name)?;
@@ -287,7 +332,8 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     let accum = t.accum_steps;
     let steps_per_epoch = (batches / accum).max(1);
     let epoch_steps = t.epochs * steps_per_epoch;
-    let total_steps = if t.max_steps > 0 && (t.epochs == 0 || t.max_steps < epoch_steps) { t.max_steps } else { epoch_steps };
+    let total_steps =
+        if t.max_steps > 0 && (t.epochs == 0 || t.max_steps < epoch_steps) { t.max_steps } else { epoch_steps };
     let sched = LrSchedule {
         base: t.lr,
         schedule: t.schedule,
@@ -369,7 +415,14 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             loss_since_val.0 += group_loss as f64;
             loss_since_val.1 += 1;
             let secs = tick.elapsed().as_secs_f64().max(1e-9);
-            obs.event(Event::Step { step: state.step, total: total_steps, epoch, loss: group_loss, lr, images_per_s: images as f64 / secs });
+            obs.event(Event::Step {
+                step: state.step,
+                total: total_steps,
+                epoch,
+                loss: group_loss,
+                lr,
+                images_per_s: images as f64 / secs,
+            });
             (group_loss, images, tick) = (0.0, 0, Instant::now());
             let stopping = opts.stop.load(Ordering::Relaxed);
             if stopping || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0) {
@@ -383,7 +436,21 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                 break;
             }
             if t.val_every_steps > 0 && state.step % t.val_every_steps == 0 {
-                validate_and_save(&run, &model, &opt, &ds, &val_samples, weights_eval.as_ref(), &mut state, epoch, &mut loss_since_val, &sched, started, elapsed0, obs)?;
+                validate_and_save(
+                    &run,
+                    &model,
+                    &opt,
+                    &ds,
+                    &val_samples,
+                    weights_eval.as_ref(),
+                    &mut state,
+                    epoch,
+                    &mut loss_since_val,
+                    &sched,
+                    started,
+                    elapsed0,
+                    obs,
+                )?;
             }
         }
         drop(loader);
@@ -399,7 +466,21 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         // A step-based validation may just have covered this step.
         let done = state.history.last().is_some_and(|r| r.step == state.step);
         if due && !done {
-            validate_and_save(&run, &model, &opt, &ds, &val_samples, weights_eval.as_ref(), &mut state, epochs_done, &mut loss_since_val, &sched, started, elapsed0, obs)?;
+            validate_and_save(
+                &run,
+                &model,
+                &opt,
+                &ds,
+                &val_samples,
+                weights_eval.as_ref(),
+                &mut state,
+                epochs_done,
+                &mut loss_since_val,
+                &sched,
+                started,
+                elapsed0,
+                obs,
+            )?;
         } else if due && finished_epoch {
             run.save(&model, &opt, &state, obs)?;
         }
@@ -484,7 +565,11 @@ fn validate(
             .kept
             .iter()
             .map(|(img, gt, pred)| {
-                vec![img.clone(), plot::colorize(gt, img.width, img.height, colors), plot::colorize(pred, img.width, img.height, colors)]
+                vec![
+                    img.clone(),
+                    plot::colorize(gt, img.width, img.height, colors),
+                    plot::colorize(pred, img.width, img.height, colors),
+                ]
             })
             .collect();
         let cell = pass.kept[0].0.height.clamp(96, 240);

@@ -8,7 +8,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use segkit_models::layers::{bilinear_kernel, bilinear_up, max_pool};
-use segkit_models::{FcnOptions, FcnVariant, Fcn, Unet, UnetOptions};
+use segkit_models::{Fcn, FcnOptions, FcnVariant, Unet, UnetOptions};
 use segkit_train::loss::{Reduction, cross_entropy};
 use segkit_train::optim::{OptimSettings, Optimizer, OptimizerKind};
 use segkit_train::params::{self, HostTensor, to_f32};
@@ -74,7 +74,8 @@ fn bilinear_transpose_convs() {
         let (k, s) = (c["kernel_size"].as_u64().unwrap() as usize, c["stride"].as_u64().unwrap() as usize);
         let up = bilinear_up(c["in_channels"].as_u64().unwrap() as usize, k, s, false, &device);
         let out = up.forward(tensor::<4>(&c["input"], &device));
-        let shape: Vec<usize> = c["expected_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> =
+            c["expected_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         assert_eq!(out.dims().to_vec(), shape, "{name}");
         check(name, &to_f32(out), &c["expected"]);
     }
@@ -93,14 +94,32 @@ fn maxpool_ceil_mode() {
 fn fcn_crop_offsets_and_shapes() {
     let device = Device::flex();
     let c = case("fcn_crop_offsets");
-    for (name, variant) in [("fcn32s", FcnVariant::Fcn32s), ("fcn16s", FcnVariant::Fcn16s), ("fcn8s", FcnVariant::Fcn8s)] {
+    for (name, variant) in
+        [("fcn32s", FcnVariant::Fcn32s), ("fcn16s", FcnVariant::Fcn16s), ("fcn8s", FcnVariant::Fcn8s)]
+    {
         // Narrow widths: the offsets depend on kernels, strides and paddings only.
-        let o = FcnOptions { variant, n_classes: 21, in_channels: 3, base_width: 1, fc_width: 2, dropout: 0.5, learnable_upsampling: false };
+        let o = FcnOptions {
+            variant,
+            n_classes: 21,
+            in_channels: 3,
+            base_width: 1,
+            fc_width: 2,
+            dropout: 0.5,
+            learnable_upsampling: false,
+        };
         let fcn = Fcn::new(&o, &device).unwrap();
         let want = &c[name]["offsets"];
         assert_eq!(fcn.offsets.final_crop as u64, want["final"].as_u64().unwrap(), "{name} final");
-        assert_eq!(fcn.offsets.score_pool4.map(|v| v as u64), want.get("score_pool4").and_then(Value::as_u64), "{name} pool4");
-        assert_eq!(fcn.offsets.score_pool3.map(|v| v as u64), want.get("score_pool3").and_then(Value::as_u64), "{name} pool3");
+        assert_eq!(
+            fcn.offsets.score_pool4.map(|v| v as u64),
+            want.get("score_pool4").and_then(Value::as_u64),
+            "{name} pool4"
+        );
+        assert_eq!(
+            fcn.offsets.score_pool3.map(|v| v as u64),
+            want.get("score_pool3").and_then(Value::as_u64),
+            "{name} pool3"
+        );
         for (size, shape) in c[name]["output_shape_for_input_size"].as_object().unwrap() {
             let s: usize = size.parse().unwrap();
             if s > 64 {
@@ -119,7 +138,8 @@ fn cross_entropy_with_ignore() {
     let c = case("cross_entropy_ignore");
     let logits = tensor::<4>(&c["logits"], &device).require_grad();
     let (t, shape) = flat(&c["targets"]);
-    let targets = Tensor::<3, Int>::from_data(TensorData::new(t.iter().map(|&v| v as i64).collect::<Vec<_>>(), shape), &device);
+    let targets =
+        Tensor::<3, Int>::from_data(TensorData::new(t.iter().map(|&v| v as i64).collect::<Vec<_>>(), shape), &device);
     let mean = cross_entropy(logits.clone(), targets.clone(), 255, None, Reduction::Mean);
     let sum = cross_entropy(logits.clone(), targets, 255, None, Reduction::Sum);
     check("mean", &to_f32(mean.clone().inner()), &c["expected_mean"]);
@@ -200,7 +220,8 @@ fn tiny_unet_matches_pytorch() {
     assert_eq!(out.dims(), [1, 2, 4, 4]);
     check("tiny_unet output", &to_f32(out.clone()), &c["expected_output"]);
     let (t, shape) = flat(&c["targets"]);
-    let targets = Tensor::<3, Int>::from_data(TensorData::new(t.iter().map(|&v| v as i64).collect::<Vec<_>>(), shape), &device);
+    let targets =
+        Tensor::<3, Int>::from_data(TensorData::new(t.iter().map(|&v| v as i64).collect::<Vec<_>>(), shape), &device);
     let loss = cross_entropy(out, targets, 255, None, Reduction::Mean);
     check("tiny_unet loss", &to_f32(loss), &c["expected_loss_mean"]);
 }

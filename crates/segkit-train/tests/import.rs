@@ -66,7 +66,8 @@ fn pytorch_fcn8s_gives_pytorchs_output() {
     let device = Device::flex();
     let loaded = load_run(&out, &device).unwrap();
     assert_eq!(loaded.classes.names, vec!["a", "b", "c"]);
-    let io: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("fcn8s_tiny_io.json")).unwrap()).unwrap();
+    let io: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("fcn8s_tiny_io.json")).unwrap()).unwrap();
     let flat = |v: &serde_json::Value| -> Vec<f32> {
         fn rec(v: &serde_json::Value, out: &mut Vec<f32>) {
             match v {
@@ -96,6 +97,8 @@ fn bad_files_are_errors_naming_the_file() {
     assert!(err.contains("junk.pth"), "{err}");
     let err = import_vgg16(&fixture("fcn8s_tiny.pth"), &dir.join("x.safetensors")).unwrap_err().to_string();
     assert!(err.contains("features.0.weight"), "{err}");
-    let err = import_fcn(ModelKind::Fcn8s, &fixture("vgg16_tiny.pth"), &dir.join("y.safetensors"), None).unwrap_err().to_string();
+    let err = import_fcn(ModelKind::Fcn8s, &fixture("vgg16_tiny.pth"), &dir.join("y.safetensors"), None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("score_fr"), "{err}");
 }

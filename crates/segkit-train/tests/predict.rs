@@ -98,7 +98,9 @@ fn exported_file_gives_identical_outputs() {
         let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
         assert!(max_diff(&a, &to_f32(half.forward(x.clone()))) < 1e-2 * scale);
         if !has_python("safetensors, numpy") {
-            eprintln!("skipping the Python check of the export: python3 with the safetensors and numpy packages is not available");
+            eprintln!(
+                "skipping the Python check of the export: python3 with the safetensors and numpy packages is not available"
+            );
             continue;
         }
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/check_export.py");

@@ -79,7 +79,15 @@ fn resume_continues_exactly_and_eval_reproduces_best() {
     let Outcome::Finished { run_dir, steps, best_miou, .. } = a else { panic!("{a:?}") };
     assert_eq!(steps, 8);
     assert_eq!(losses_a.len(), 8);
-    for f in ["config.toml", "last.safetensors", "best.safetensors", "metrics.csv", "loss.png", "miou.png", "val_samples.png"] {
+    for f in [
+        "config.toml",
+        "last.safetensors",
+        "best.safetensors",
+        "metrics.csv",
+        "loss.png",
+        "miou.png",
+        "val_samples.png",
+    ] {
         assert!(run_dir.join(f).is_file(), "{f} missing");
     }
     let csv = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
@@ -112,10 +120,14 @@ fn resume_continues_exactly_and_eval_reproduces_best() {
 fn exploding_loss_stops_with_advice() {
     let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let out = scratch("nan");
-    let cfg = tiny(&out, &["name=nan", "train.optimizer=\"sgd\"", "train.lr=1e30", "train.warmup_steps=0", "model.batch_norm=false"]);
+    let cfg = tiny(
+        &out,
+        &["name=nan", "train.optimizer=\"sgd\"", "train.lr=1e30", "train.warmup_steps=0", "model.batch_norm=false"],
+    );
     let stop = Arc::new(AtomicBool::new(false));
-    let err = train(cfg, TrainOptions { resume: None, stop: stop.clone() }, &mut Record { losses: vec![], stop, stop_at: 0 })
-        .unwrap_err();
+    let err =
+        train(cfg, TrainOptions { resume: None, stop: stop.clone() }, &mut Record { losses: vec![], stop, stop_at: 0 })
+            .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("train.lr"), "{msg}");
 }

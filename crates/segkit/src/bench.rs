@@ -54,7 +54,10 @@ pub fn run(a: Args) -> Result<i32> {
         let p = bench::conv_probe(&dev, a.batch, c, c, h, a.warmup, a.steps);
         println!("conv 3x3 {c}->{c} at {h}x{h}, batch {} on {desc}: {:.2} GFLOP per forward", a.batch, p.gflop);
         println!("conv forward            {:8.1} ms  {:6.1} GFLOP/s", p.conv_forward_ms, p.conv_forward_gflops);
-        println!("conv forward+backward   {:8.1} ms  {:6.1} GFLOP/s (3x forward FLOPs)", p.conv_train_ms, p.conv_train_gflops);
+        println!(
+            "conv forward+backward   {:8.1} ms  {:6.1} GFLOP/s (3x forward FLOPs)",
+            p.conv_train_ms, p.conv_train_gflops
+        );
         println!("matmul, same FLOPs      {:8.1} ms  {:6.1} GFLOP/s", p.matmul_ms, p.matmul_gflops);
         if a.json {
             println!("{}", serde_json::to_string(&p)?);
@@ -79,16 +82,15 @@ pub fn run(a: Args) -> Result<i32> {
     let bar = progress::bar((a.warmup + a.steps) as u64, "bench");
     let r = bench::run(&cfg, size, a.batch, mode, a.warmup, a.steps, &dev, &desc, |d, _| bar.set_position(d as u64))?;
     bar.finish_and_clear();
-    println!(
-        "{} {:?} batch {} at {}x{} on {}",
-        r.model, r.mode, r.batch, r.height, r.width, r.device
-    );
+    println!("{} {:?} batch {} at {}x{} on {}", r.model, r.mode, r.batch, r.height, r.width, r.device);
     println!("median        {:.1} ms/step over {} steps ({} warm-up)", r.ms_per_step, r.steps, r.warmup);
     println!("throughput    {:.2} images/s", r.images_per_s);
     println!("compute       {:.3} TFLOP/s ({:.1} GFLOP per step)", r.tflops, r.gflop_per_step);
     println!("peak memory   {:.0} MiB ({})", r.peak_memory_mb, r.memory_source);
     if let Some([f, b, o]) = r.phase_ms {
-        println!("phases        forward + loss {f:.1} ms, backward {b:.1} ms, optimiser {o:.1} ms (median, synchronised between)");
+        println!(
+            "phases        forward + loss {f:.1} ms, backward {b:.1} ms, optimiser {o:.1} ms (median, synchronised between)"
+        );
     }
     if a.json {
         println!("{}", serde_json::to_string(&r)?);

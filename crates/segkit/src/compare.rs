@@ -86,7 +86,10 @@ pub fn run(a: Args) -> Result<i32> {
     bar.finish_and_clear();
     let written = cmp.write(&a.out)?;
     println!("{} runs on {} split {} ({} images), {desc}", cmp.runs.len(), cmp.data, cmp.split, cmp.images);
-    println!("{:<24} {:>9} {:>9} {:>18} {:>9} {:>9}", "run", "pix acc", "mean acc", "mean IoU (95% CI)", "fw IoU", "Dice");
+    println!(
+        "{:<24} {:>9} {:>9} {:>18} {:>9} {:>9}",
+        "run", "pix acc", "mean acc", "mean IoU (95% CI)", "fw IoU", "Dice"
+    );
     for r in &cmp.runs {
         let s = &r.scores;
         println!(

@@ -107,7 +107,13 @@ fn run_check(a: CheckArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(i32::from(report.has_errors()));
     }
-    println!("{}: {} layout, {} classes, ignore index {}", report.root, report.format, report.classes.len(), report.ignore_index);
+    println!(
+        "{}: {} layout, {} classes, ignore index {}",
+        report.root,
+        report.format,
+        report.classes.len(),
+        report.ignore_index
+    );
     for s in &report.splits {
         println!();
         println!("split {}: {} pairs", s.name, s.pairs);

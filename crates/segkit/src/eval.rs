@@ -56,7 +56,10 @@ pub fn run(a: Args) -> Result<i32> {
     }
     let s = &report.scores;
     let data = if cfg.data.root.is_empty() { cfg.data.format.to_string() } else { cfg.data.root.clone() };
-    println!("{} (step {}) on {data}, split {} ({} images), {desc}", report.checkpoint, loaded.step, a.split, report.images);
+    println!(
+        "{} (step {}) on {data}, split {} ({} images), {desc}",
+        report.checkpoint, loaded.step, a.split, report.images
+    );
     println!("pixel accuracy        {:.4}", s.pixel_acc);
     println!("mean accuracy         {:.4}", s.mean_acc);
     println!("mean IoU              {:.4}", s.mean_iou);

@@ -24,11 +24,11 @@ pub struct Args {
 pub fn run(a: Args) -> Result<i32> {
     if a.kind == "vgg16" {
         let (n, base, fc) = import_vgg16(&a.file, &a.out)?;
+        println!("wrote {n} trunk tensors (conv1_1 ... fc7; base width {base}, fc width {fc}) to {}", a.out.display());
         println!(
-            "wrote {n} trunk tensors (conv1_1 ... fc7; base width {base}, fc width {fc}) to {}",
-            a.out.display()
+            "use it with: --set train.backbone_weights={:?} --set augment.normalize=\"imagenet\"",
+            a.out.display().to_string()
         );
-        println!("use it with: --set train.backbone_weights={:?} --set augment.normalize=\"imagenet\"", a.out.display().to_string());
         return Ok(0);
     }
     let Some(kind) = ModelKind::parse(&a.kind).filter(|k| k.is_fcn()) else {
@@ -36,6 +36,9 @@ pub fn run(a: Args) -> Result<i32> {
     };
     let names = (!a.classes.is_empty()).then(|| a.classes.clone());
     let n = import_fcn(kind, &a.file, &a.out, names)?;
-    println!("wrote {kind} ({n} tensors, Caffe BGR input normalisation) to {}; segkit eval/predict take it", a.out.display());
+    println!(
+        "wrote {kind} ({n} tensors, Caffe BGR input normalisation) to {}; segkit eval/predict take it",
+        a.out.display()
+    );
     Ok(0)
 }

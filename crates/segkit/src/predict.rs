@@ -40,7 +40,11 @@ fn collect(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let mut v: Vec<PathBuf> = std::fs::read_dir(p)
                 .with_context(|| format!("reading {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXT.contains(&e.to_ascii_lowercase().as_str())))
+                .filter(|f| {
+                    f.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| IMAGE_EXT.contains(&e.to_ascii_lowercase().as_str()))
+                })
                 .collect();
             v.sort();
             out.extend(v);
@@ -61,7 +65,12 @@ pub fn run(a: Args) -> Result<i32> {
     }
     let files = collect(&a.inputs)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    println!("{} images, {} ({} classes) on {desc}", files.len(), predictor.config.model.model, predictor.classes.names.len());
+    println!(
+        "{} images, {} ({} classes) on {desc}",
+        files.len(),
+        predictor.config.model.model,
+        predictor.classes.names.len()
+    );
     let opts = PredictOptions { min_area: a.min_area, skip_classes: a.skip.clone() };
     let bar = progress::bar(files.len() as u64, "predict");
     let mut failed = 0;

@@ -49,7 +49,17 @@ impl Progress {
 impl Observer for Progress {
     fn event(&mut self, e: Event<'_>) {
         match e {
-            Event::Started { run_dir, device, parameters, train_images, val_images, steps_per_epoch, total_steps, start_step, notes } => {
+            Event::Started {
+                run_dir,
+                device,
+                parameters,
+                train_images,
+                val_images,
+                steps_per_epoch,
+                total_steps,
+                start_step,
+                notes,
+            } => {
                 println!("run directory: {}", run_dir.display());
                 println!("device: {device}");
                 println!(
@@ -163,7 +173,10 @@ pub fn run(a: Args) -> Result<i32> {
                 "done: {steps} steps in {:.0} s; best validation mean IoU {best_miou:.4} at step {best_step}",
                 obs.started.elapsed().as_secs_f64()
             );
-            println!("run directory: {} (best.safetensors, last.safetensors, metrics.csv, loss.png, miou.png, val_samples.png)", run_dir.display());
+            println!(
+                "run directory: {} (best.safetensors, last.safetensors, metrics.csv, loss.png, miou.png, val_samples.png)",
+                run_dir.display()
+            );
             Ok(0)
         }
         Outcome::Interrupted { run_dir, step } => {
