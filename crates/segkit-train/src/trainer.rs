@@ -198,6 +198,17 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     }
     let train_samples = ds.split(&cfg.data.train_split)?;
     let mut val_samples = ds.split(&cfg.data.val_split)?;
+    for (what, split, n) in [
+        ("training", &cfg.data.train_split, train_samples.len()),
+        ("validation", &cfg.data.val_split, val_samples.len()),
+    ] {
+        if n == 0 {
+            return Err(TrainError::Config(format!(
+                "{}: the {what} split `{split}` has no samples",
+                ds.root.display()
+            )));
+        }
+    }
     if t.val_limit > 0 {
         val_samples.truncate(t.val_limit);
     }

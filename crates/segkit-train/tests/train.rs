@@ -133,6 +133,18 @@ fn exploding_loss_stops_with_advice() {
 }
 
 #[test]
+fn empty_split_is_an_error() {
+    let out = scratch("empty");
+    let cfg = tiny(&out, &["name=empty", "data.synth_train=0"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let err =
+        train(cfg, TrainOptions { resume: None, stop: stop.clone() }, &mut Record { losses: vec![], stop, stop_at: 0 })
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("training split `train` has no samples"), "{err}");
+}
+
+#[test]
 fn bad_config_names_the_key() {
     let err = RunConfig::quickstart(&["augment.crops=3".into()]).unwrap_err().to_string();
     assert!(err.contains("crops"), "{err}");
