@@ -466,6 +466,19 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         }
         drop(loader);
         let finished_epoch = state.batch >= usable;
+        if !finished_epoch && state.step < total_steps {
+            // The loader ended early without an error: a worker thread died (a panic in data
+            // code). Stop rather than retry the same batch forever; the position is saved.
+            state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
+            run.save(&model, &opt, &state, obs)?;
+            return Err(TrainError::Config(format!(
+                "the data loader stopped at batch {} of epoch {} (a worker thread failed; see the message above); \
+                 the run can be resumed from {}",
+                state.batch,
+                epoch + 1,
+                dir.display()
+            )));
+        }
         // Completed epochs, for the record: the epoch just run counts once its last batch is in.
         let epochs_done = epoch + usize::from(finished_epoch);
         if finished_epoch && state.step < total_steps {
