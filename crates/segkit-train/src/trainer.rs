@@ -368,6 +368,8 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
 
     let started = Instant::now();
     let elapsed0 = state.elapsed_s;
+    let vctx =
+        ValContext { ds: &ds, samples: &val_samples, weights: weights_eval.as_ref(), sched: &sched, started, elapsed0 };
     let mut loss_since_val = (0f64, 0usize);
     while state.step < total_steps {
         let epoch = state.epoch;
@@ -447,21 +449,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                 break;
             }
             if t.val_every_steps > 0 && state.step % t.val_every_steps == 0 {
-                validate_and_save(
-                    &run,
-                    &model,
-                    &opt,
-                    &ds,
-                    &val_samples,
-                    weights_eval.as_ref(),
-                    &mut state,
-                    epoch,
-                    &mut loss_since_val,
-                    &sched,
-                    started,
-                    elapsed0,
-                    obs,
-                )?;
+                validate_and_save(&run, &model, &opt, &vctx, &mut state, epoch, &mut loss_since_val, obs)?;
             }
         }
         drop(loader);
@@ -490,26 +478,22 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         // A step-based validation may just have covered this step.
         let done = state.history.last().is_some_and(|r| r.step == state.step);
         if due && !done {
-            validate_and_save(
-                &run,
-                &model,
-                &opt,
-                &ds,
-                &val_samples,
-                weights_eval.as_ref(),
-                &mut state,
-                epochs_done,
-                &mut loss_since_val,
-                &sched,
-                started,
-                elapsed0,
-                obs,
-            )?;
+            validate_and_save(&run, &model, &opt, &vctx, &mut state, epochs_done, &mut loss_since_val, obs)?;
         } else if due && finished_epoch {
             run.save(&model, &opt, &state, obs)?;
         }
     }
     Ok(Outcome::Finished { run_dir: dir, steps: state.step, best_miou: state.best_miou, best_step: state.best_step })
+}
+
+/// What validation needs besides the model and the run's state.
+struct ValContext<'a> {
+    ds: &'a Dataset,
+    samples: &'a [segkit_data::SampleRef],
+    weights: Option<&'a Tensor<1>>,
+    sched: &'a LrSchedule,
+    started: Instant,
+    elapsed0: f64,
 }
 
 /// Validation, then the last checkpoint, then (when this is the best so far) `best.safetensors`.
@@ -518,18 +502,13 @@ fn validate_and_save(
     run: &Run,
     model: &SegModel,
     opt: &Optimizer,
-    ds: &Dataset,
-    val: &[segkit_data::SampleRef],
-    weights: Option<&Tensor<1>>,
+    v: &ValContext<'_>,
     state: &mut TrainState,
     epochs_done: usize,
     loss_since_val: &mut (f64, usize),
-    sched: &LrSchedule,
-    started: Instant,
-    elapsed0: f64,
     obs: &mut dyn Observer,
 ) -> Result<(), TrainError> {
-    validate(run, model, ds, val, weights, state, epochs_done, loss_since_val, sched, started, elapsed0, obs)?;
+    validate(run, model, v, state, epochs_done, loss_since_val, obs)?;
     run.save(model, opt, state, obs)?;
     if state.best_step == state.step {
         let best = run.dir.join("best.safetensors");
@@ -540,24 +519,18 @@ fn validate_and_save(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn validate(
     run: &Run,
     model: &SegModel,
-    ds: &Dataset,
-    val: &[segkit_data::SampleRef],
-    weights: Option<&Tensor<1>>,
+    v: &ValContext<'_>,
     state: &mut TrainState,
     epochs_done: usize,
     loss_since_val: &mut (f64, usize),
-    sched: &LrSchedule,
-    started: Instant,
-    elapsed0: f64,
     obs: &mut dyn Observer,
 ) -> Result<(), TrainError> {
     let eval_model = model.valid();
     let keep = run.cfg.train.grid_images;
-    let pass = evaluate(&eval_model, &run.cfg, ds, val, &run.device, weights, keep, &mut |done, total| {
+    let pass = evaluate(&eval_model, &run.cfg, v.ds, v.samples, &run.device, v.weights, keep, &mut |done, total| {
         obs.event(Event::Validating { done, total })
     })?;
     let scores = pass.cm.scores();
@@ -571,8 +544,8 @@ fn validate(
         mean_iou: scores.mean_iou,
         fw_iou: scores.fw_iou,
         mean_dice: scores.mean_dice,
-        lr: sched.lr(state.step.saturating_sub(1)),
-        elapsed_s: elapsed0 + started.elapsed().as_secs_f64(),
+        lr: v.sched.lr(state.step.saturating_sub(1)),
+        elapsed_s: v.elapsed0 + v.started.elapsed().as_secs_f64(),
     };
     *loss_since_val = (0.0, 0);
     let best = scores.mean_iou.is_finite() && (state.history.is_empty() || scores.mean_iou > state.best_miou);
