@@ -104,7 +104,11 @@ fn new_run_dir(out_dir: &Path, name: &str) -> Result<PathBuf, TrainError> {
 
 /// The file `init_from` names: a checkpoint file, or the best (else last) of a run directory.
 fn init_weights(init_from: &str) -> Result<(PathBuf, Checkpoint), TrainError> {
-    let path = crate::eval::checkpoint_path(Path::new(init_from))?;
+    let path = crate::eval::checkpoint_path(Path::new(init_from)).map_err(|e| {
+        TrainError::Config(format!(
+            "train.init_from: {e}; train that run first (staged FCN: 32s, then 16s, then 8s), or start fresh with --set train.init_from=\"\""
+        ))
+    })?;
     Ok((path.clone(), Checkpoint::load(&path)?))
 }
 
