@@ -23,6 +23,8 @@ pub struct CheckReport {
     pub format: String,
     pub root: String,
     pub classes: Vec<String>,
+    /// Where the class names came from.
+    pub class_source: String,
     pub ignore_index: u8,
     pub splits: Vec<SplitReport>,
     /// Every problem, each naming its file (and line).
@@ -126,6 +128,7 @@ pub fn check(ds: &Dataset, channels: usize, mut progress: impl FnMut(usize, usiz
         format: ds.format.to_string(),
         root: ds.root.display().to_string(),
         classes: ds.classes.names.clone(),
+        class_source: ds.class_source.clone(),
         ignore_index: ds.classes.ignore_index,
         splits,
         problems,

@@ -124,6 +124,8 @@ pub struct Dataset {
     pub classes: ClassSet,
     pub encoding: MaskEncoding,
     pub splits: Vec<Split>,
+    /// Where the class names came from, for reports.
+    pub class_source: String,
     config: DataConfig,
     /// YOLO ids are shifted by this when rasterised.
     yolo_shift: u8,
@@ -192,6 +194,7 @@ impl Dataset {
             classes: ClassSet::numbered(0, config.ignore_index),
             encoding: config.mask_encoding,
             splits: Vec::new(),
+            class_source: "config".into(),
             config: config.clone(),
             yolo_shift: 0,
             yolo_fill: 0,
@@ -203,6 +206,7 @@ impl Dataset {
         match format {
             DataFormat::Synthetic => {
                 ds.classes = synth_classes();
+                ds.class_source = "built-in synthetic classes".into();
                 let n = [
                     (config.train_split.clone(), config.synth_train, 0u64),
                     (config.val_split.clone(), config.synth_val, 1 << 32),
@@ -224,6 +228,7 @@ impl Dataset {
                 ds.splits = voc_splits(root)?;
                 if names.is_empty() && !root.join("class_names.txt").exists() {
                     names = VOC_CLASSES.iter().map(|s| s.to_string()).collect();
+                    ds.class_source = "the 20 PASCAL VOC classes and background".into();
                 }
             }
             DataFormat::Yolo => {
@@ -231,6 +236,7 @@ impl Dataset {
                 let yaml = root.join("data.yaml");
                 if names.is_empty() && yaml.exists() {
                     names = read_yaml_names(&yaml)?;
+                    ds.class_source = yaml.display().to_string();
                 }
                 if config.yolo_background < 0 {
                     names.insert(0, "background".into());
@@ -245,18 +251,33 @@ impl Dataset {
             let file = root.join("class_names.txt");
             if file.exists() {
                 names = read_class_names(&file)?;
+                ds.class_source = file.display().to_string();
             }
         }
-        ds.classes = if !names.is_empty() {
-            ClassSet::new(names, config.ignore_index)
+        // The SegNet layout of CamVid (train/trainannot, val/valannot) carries no class list; its
+        // 11 classes and void = 11 are a fixed convention, used when nothing else is given.
+        let segnet_camvid = format == DataFormat::Paired && root.join("trainannot").is_dir() && config.num_classes == 0;
+        if names.is_empty() && segnet_camvid {
+            ds.classes = crate::classes::camvid_classes();
+            if config.ignore_index != 255 {
+                ds.classes.ignore_index = config.ignore_index;
+            }
+            ds.class_source = "CamVid's 11 classes, void 11 (SegNet layout detected)".into();
+        } else if !names.is_empty() {
+            ds.classes = ClassSet::new(names, config.ignore_index);
         } else if config.num_classes > 0 {
-            ClassSet::numbered(config.num_classes, config.ignore_index)
+            ds.classes = ClassSet::numbered(config.num_classes, config.ignore_index);
+            ds.class_source = format!("{} numbered classes (data.num_classes)", config.num_classes);
+        } else if let Some((n, how)) = infer_classes(&ds.splits, config.mask_encoding, config.ignore_index) {
+            ds.classes = ClassSet::numbered(n, config.ignore_index);
+            ds.class_source = how;
         } else {
             return Err(DataError::layout(
                 root,
-                "no class names found: add class_names.txt to the dataset, set data.class_names or data.num_classes in the config, or pass --classes a,b,... or --num-classes N to `segkit data check`",
+                "no class names found: add class_names.txt to the dataset, set data.class_names or data.num_classes in \
+                 the config, or pass --classes a,b,... or --num-classes N to `segkit data check`",
             ));
-        };
+        }
         if ds.splits.iter().all(|s| s.samples.is_empty()) {
             return Err(DataError::layout(root, format!("no image/mask pairs found ({format} layout)")));
         }
@@ -323,6 +344,45 @@ impl Dataset {
         }
         Ok((img, labels))
     }
+}
+
+/// The number of classes from the masks themselves, when nothing names them: binary masks have
+/// two; index and palette masks have the largest label (other than `ignore`) plus one, over the
+/// first few masks. `None` for colour masks, which need a colour table.
+fn infer_classes(splits: &[Split], encoding: MaskEncoding, ignore: u8) -> Option<(usize, String)> {
+    let masks: Vec<&PathBuf> = splits
+        .iter()
+        .flat_map(|s| &s.samples)
+        .filter_map(|s| if let MaskSource::File(p) = &s.mask { Some(p) } else { None })
+        .take(16)
+        .collect();
+    let mut max = None::<u16>;
+    let mut binary = true;
+    for p in &masks {
+        let raw = crate::mask::read_raw_mask(p).ok()?;
+        let enc = if encoding == MaskEncoding::Auto { crate::mask::detect_encoding(&raw) } else { encoding };
+        let values: Vec<u16> = match (&raw, enc) {
+            (_, MaskEncoding::Binary) => continue,
+            (crate::mask::RawMask::Gray { data, .. }, _) => data.clone(),
+            (crate::mask::RawMask::Indexed { data, .. }, _) => data.iter().map(|&v| v as u16).collect(),
+            (crate::mask::RawMask::Rgb { .. }, _) => return None,
+        };
+        // An all-background mask fits a binary dataset as well as an indexed one.
+        if values.iter().all(|&v| v == 0 || v == 255) && encoding != MaskEncoding::Index {
+            continue;
+        }
+        binary = false;
+        let m = values.into_iter().filter(|&v| v != ignore as u16).max();
+        max = max.max(m);
+    }
+    if masks.is_empty() {
+        return None;
+    }
+    if binary {
+        return Some((2, "2 classes: the masks are binary {0, 255} (add class_names.txt to name them)".into()));
+    }
+    let n = max? as usize + 1;
+    (n <= 255).then(|| (n, format!("{n} numbered classes inferred from the largest label in the first {} masks (add class_names.txt to name them)", masks.len())))
 }
 
 pub const VOC_CLASSES: [&str; 21] = [

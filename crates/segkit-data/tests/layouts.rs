@@ -69,6 +69,10 @@ fn camvid_style_paired_folders() {
     assert_eq!(report.splits[0].encodings.keys().next().unwrap(), &MaskEncoding::Index.to_string());
     // Void (index 11) is counted separately from the 4 classes.
     assert_eq!(report.splits[0].class_pixels[4], 3 * 6);
+    // Without any class information, the SegNet layout is taken for CamVid: 11 classes, void 11.
+    let ds = Dataset::open(&auto(), &root).unwrap();
+    assert_eq!((ds.classes.len(), ds.classes.ignore_index), (11, 11));
+    assert!(ds.class_source.contains("CamVid"));
 }
 
 #[test]
@@ -82,6 +86,10 @@ fn isbi_style_binary_masks_and_size_mismatch() {
     }
     // A mask of the wrong size.
     write_png(&root.join("label").join("03.png"), &gray(9, 10, |_, _| 0)).unwrap();
+    // Unnamed binary masks are two classes.
+    let ds = Dataset::open(&auto(), &root).unwrap();
+    assert_eq!(ds.classes.len(), 2);
+    assert!(ds.class_source.contains("binary"), "{}", ds.class_source);
     let cfg = DataConfig { class_names: vec!["membrane".into(), "cell".into()], val_fraction: 0.25, ..auto() };
     let ds = Dataset::open(&cfg, &root).unwrap();
     // One split: the last quarter is held out for validation.

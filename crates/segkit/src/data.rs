@@ -114,6 +114,7 @@ fn run_check(a: CheckArgs) -> Result<i32> {
         report.classes.len(),
         report.ignore_index
     );
+    println!("classes from: {}", report.class_source);
     for s in &report.splits {
         println!();
         println!("split {}: {} pairs", s.name, s.pairs);
