@@ -113,11 +113,10 @@ impl Checkpoint {
         write_safetensors(path, &tensors, Dtype::F32, meta)
     }
 
-    pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
-        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    /// The config, classes and training state of a checkpoint, reading only the file's header.
+    pub fn read_meta(path: &Path) -> Result<(String, ClassInfo, TrainState), TrainError> {
         let bad = |m: String| TrainError::checkpoint(path, m);
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
+        let meta = read_header_metadata(path)?;
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(bad(
                 "not a segkit checkpoint (no segkit metadata); exported weights go through `segkit predict`".into(),
@@ -126,6 +125,13 @@ impl Checkpoint {
         let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata `{k}` missing")));
         let classes: ClassInfo = serde_json::from_str(&field("classes")?).map_err(|e| bad(format!("classes: {e}")))?;
         let state: TrainState = serde_json::from_str(&field("state")?).map_err(|e| bad(format!("state: {e}")))?;
+        Ok((field("config")?, classes, state))
+    }
+
+    pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
+        let (config, classes, state) = Self::read_meta(path)?;
+        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        let bad = |m: String| TrainError::checkpoint(path, m);
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         let mut model = BTreeMap::new();
         let mut optim = BTreeMap::new();
@@ -138,7 +144,7 @@ impl Checkpoint {
                 optim.insert(k.to_string(), t);
             }
         }
-        Ok(Checkpoint { model, optim, config: field("config")?, classes, state })
+        Ok(Checkpoint { model, optim, config, classes, state })
     }
 }
 
@@ -168,4 +174,26 @@ pub fn write_safetensors(
         .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
     write_atomic(path, &bytes)
+}
+
+/// The `__metadata__` of a safetensors file, reading only its header (a checkpoint of FCN is
+/// half a gigabyte; its metadata a few kilobytes).
+pub fn read_header_metadata(path: &Path) -> Result<HashMap<String, String>, TrainError> {
+    use std::io::Read;
+    let bad = |m: String| TrainError::checkpoint(path, m);
+    let mut f = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| bad("not a safetensors file (shorter than its header)".into()))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(bad(format!("not a safetensors file (header length {n})")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|_| bad("not a safetensors file (truncated header)".into()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("not a safetensors file (header: {e})")))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .unwrap_or_default())
 }

@@ -11,7 +11,6 @@ use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use segkit_data::{Dataset, ImageBuf};
-use segkit_models::SegModel;
 
 use crate::bench::peak_rss_mb;
 use crate::config::RunConfig;
@@ -89,25 +88,33 @@ pub fn compare(
     device_desc: &str,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Comparison, TrainError> {
-    let first = load_run(runs.first().ok_or_else(|| TrainError::Config("no runs to compare".into()))?, device)?;
-    let mut data_cfg = first.config.data.clone();
-    if let Some(root) = data_root {
-        data_cfg.root = root.display().to_string();
+    if runs.is_empty() {
+        return Err(TrainError::Config("no runs to compare".into()));
     }
-    let ds = Dataset::open(&data_cfg, Path::new(&data_cfg.root))?;
-    let mut split_samples = ds.split(split)?;
     let mut notes = Vec::new();
-    if limit > 0 && split_samples.len() > limit {
-        notes.push(format!("evaluated on the first {limit} of {} images of the split", split_samples.len()));
-        split_samples.truncate(limit);
-    }
     if device_desc.starts_with("CPU") {
         notes.push("peak memory on the CPU is the process's peak RSS after evaluating each run, so it can only grow down the table".into());
     }
+    // The data is the first run's (or `data_root`), opened once that run is loaded.
+    let mut data: Option<(segkit_data::DataConfig, Dataset, Vec<segkit_data::SampleRef>)> = None;
     let mut out = Vec::new();
     let mut kept_samples = Vec::new();
     for dir in runs {
         let loaded = load_run(dir, device)?;
+        if data.is_none() {
+            let mut data_cfg = loaded.config.data.clone();
+            if let Some(root) = data_root {
+                data_cfg.root = root.display().to_string();
+            }
+            let ds = Dataset::open(&data_cfg, Path::new(&data_cfg.root))?;
+            let mut split_samples = ds.split(split)?;
+            if limit > 0 && split_samples.len() > limit {
+                notes.push(format!("evaluated on the first {limit} of {} images of the split", split_samples.len()));
+                split_samples.truncate(limit);
+            }
+            data = Some((data_cfg, ds, split_samples));
+        }
+        let (data_cfg, ds, split_samples) = data.as_ref().expect("opened above");
         if loaded.classes.names.len() != ds.classes.len() {
             return Err(TrainError::Config(format!(
                 "{} has {} classes, the dataset {}: runs compared must share the classes",
@@ -120,19 +127,17 @@ pub fn compare(
         cfg.data = data_cfg.clone();
         let name =
             dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
-        let pass = evaluate(&loaded.model, &cfg, &ds, &split_samples, device, None, samples, &mut |d, t| {
-            progress(&name, d, t)
-        })?;
+        let pass =
+            evaluate(&loaded.model, &cfg, ds, split_samples, device, None, samples, &mut |d, t| progress(&name, d, t))?;
         let (h, w) = pass.input_hw;
-        let model_cpu = SegModel::new(&cfg.model, &Device::flex())?;
-        let summary = model_cpu.summary(&cfg.model, [cfg.model.in_channels, h, w])?;
+        let summary = loaded.model.summary(&cfg.model, [cfg.model.in_channels, h, w])?;
         let peak = match device.memory_pool_usage() {
             Some(u) if !device_desc.starts_with("CPU") => u.bytes_reserved as f64 / (1024.0 * 1024.0),
             _ => peak_rss_mb().unwrap_or(f64::NAN),
         };
         // Training figures from the whole run (its last checkpoint), not from the evaluated one.
         let state = match dir.join("last.safetensors") {
-            last if dir.is_dir() && last.is_file() => crate::checkpoint::Checkpoint::load(&last)?.state,
+            last if dir.is_dir() && last.is_file() => crate::checkpoint::Checkpoint::read_meta(&last)?.2,
             _ => loaded.state.clone(),
         };
         if kept_samples.is_empty() {
@@ -156,6 +161,7 @@ pub fn compare(
             predictions: pass.kept.into_iter().map(|(_, _, p)| p).collect(),
         });
     }
+    let (data_cfg, ds, split_samples) = data.expect("at least one run");
     Ok(Comparison {
         runs: out,
         classes: ds.classes.names.clone(),

@@ -127,6 +127,7 @@ pub struct EvalReport {
     pub checkpoint: String,
     pub split: String,
     pub images: usize,
+    /// Mean cross-entropy per valid pixel, without the run's class weights.
     pub loss: f64,
     pub classes: Vec<String>,
     pub scores: Scores,

@@ -18,7 +18,7 @@ use safetensors::tensor::{Dtype, SafeTensors};
 use segkit_models::SegModel;
 
 use crate::TrainError;
-use crate::checkpoint::{ClassInfo, read_f32, write_safetensors};
+use crate::checkpoint::{ClassInfo, read_f32, read_header_metadata, write_safetensors};
 use crate::config::RunConfig;
 use crate::params::{self, HostTensor};
 
@@ -38,11 +38,7 @@ fn segkit_names(model: &SegModel) -> BTreeMap<String, String> {
 
 /// Whether `path` is a file written by [`export`].
 pub fn is_export(path: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else { return false };
-    SafeTensors::read_metadata(&bytes)
-        .ok()
-        .and_then(|(_, m)| m.metadata().as_ref().and_then(|m| m.get("format").cloned()))
-        .is_some_and(|f| f == FORMAT)
+    read_header_metadata(path).is_ok_and(|m| m.get("format").is_some_and(|f| f == FORMAT))
 }
 
 /// Writes `model` to `out` under PyTorch names, f32 or (`half`) f16.
@@ -114,9 +110,7 @@ pub fn load_torch_names(
 
 /// Loads an exported file: its config, classes and model.
 pub fn load(path: &Path, device: &Device) -> Result<(RunConfig, ClassInfo, SegModel), TrainError> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
-    let meta = meta.metadata().clone().unwrap_or_default();
+    let meta = read_header_metadata(path)?;
     let get =
         |k: &str| meta.get(k).cloned().ok_or_else(|| TrainError::checkpoint(path, format!("metadata `{k}` missing")));
     let config = RunConfig::parse_stored(&get("config")?, &format!("{} (metadata)", path.display()), &[])?;

@@ -194,7 +194,8 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     let ds = Arc::new(Dataset::open(&cfg.data, &root)?);
     if ds.classes.len() != cfg.model.classes {
         return Err(TrainError::Config(format!(
-            "the dataset has {} classes ({}) but model.classes = {}",
+            "{}: the dataset has {} classes ({}) but model.classes = {}",
+            ds.root.display(),
             ds.classes.len(),
             ds.classes.names.join(", "),
             cfg.model.classes
@@ -298,6 +299,8 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             opt.state.steps = ck.state.optim_steps;
             state = ck.state;
             notes.push(format!("resumed from {} at step {}", path.display(), state.step));
+            // The config in effect from here on (a resume may override e.g. the device).
+            write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
             dir.clone()
         }
         None => {
@@ -512,26 +515,6 @@ fn validate_and_save(
     loss_since_val: &mut (f64, usize),
     obs: &mut dyn Observer,
 ) -> Result<(), TrainError> {
-    validate(run, model, v, state, epochs_done, loss_since_val, obs)?;
-    run.save(model, opt, state, obs)?;
-    if state.best_step == state.step {
-        let best = run.dir.join("best.safetensors");
-        let tmp = run.dir.join("best.safetensors.tmp");
-        std::fs::copy(run.dir.join("last.safetensors"), &tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &best).map_err(|e| TrainError::io(&best, e))?;
-    }
-    Ok(())
-}
-
-fn validate(
-    run: &Run,
-    model: &SegModel,
-    v: &ValContext<'_>,
-    state: &mut TrainState,
-    epochs_done: usize,
-    loss_since_val: &mut (f64, usize),
-    obs: &mut dyn Observer,
-) -> Result<(), TrainError> {
     let eval_model = model.valid();
     let keep = run.cfg.train.grid_images;
     let pass = evaluate(&eval_model, &run.cfg, v.ds, v.samples, &run.device, v.weights, keep, &mut |done, total| {
@@ -582,5 +565,12 @@ fn validate(
         grid.save(&run.dir.join("val_samples.png"))?;
     }
     obs.event(Event::Validated { row: &row, scores: &scores, classes: &run.classes.names, best });
+    run.save(model, opt, state, obs)?;
+    if best {
+        let best = run.dir.join("best.safetensors");
+        let tmp = run.dir.join("best.safetensors.tmp");
+        std::fs::copy(run.dir.join("last.safetensors"), &tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &best).map_err(|e| TrainError::io(&best, e))?;
+    }
     Ok(())
 }

@@ -60,12 +60,17 @@ pub fn run(a: Args) -> Result<i32> {
         "{} (step {}) on {data}, split {} ({} images), {desc}",
         report.checkpoint, loaded.step, a.split, report.images
     );
-    println!("pixel accuracy        {:.4}", s.pixel_acc);
-    println!("mean accuracy         {:.4}", s.mean_acc);
-    println!("mean IoU              {:.4}", s.mean_iou);
-    println!("frequency-weighted IoU {:.4}", s.fw_iou);
-    println!("mean Dice             {:.4}", s.mean_dice);
-    println!("loss                  {:.4}", report.loss);
+    let rows = [
+        ("pixel accuracy", s.pixel_acc),
+        ("mean accuracy", s.mean_acc),
+        ("mean IoU", s.mean_iou),
+        ("frequency-weighted IoU", s.fw_iou),
+        ("mean Dice", s.mean_dice),
+        ("loss (no class weights)", report.loss),
+    ];
+    for (name, v) in rows {
+        println!("{name:<24}{v:.4}");
+    }
     println!();
     println!("{:<20} {:>8} {:>8} {:>8} {:>12}", "class", "IoU", "acc", "Dice", "pixels");
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
