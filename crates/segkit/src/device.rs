@@ -35,6 +35,11 @@ pub fn vet(name: &str) -> Result<String> {
     let exe = std::env::current_exe().context("finding the segkit executable to probe the device")?;
     let out = Command::new(exe).args(["__probe-device", name]).output().context("starting the device probe")?;
     match out.status.code() {
+        // `auto` that found no GPU: say so now rather than probe the adapters again here.
+        Some(0) if name == "auto" && String::from_utf8_lossy(&out.stdout).starts_with("CPU") => {
+            eprintln!("--device auto: no GPU adapter found; using the CPU");
+            Ok("cpu".to_string())
+        }
         Some(0) => Ok(name.to_string()),
         Some(_) if name == "auto" => Ok("cpu".to_string()),
         Some(_) => bail!("{}", String::from_utf8_lossy(&out.stderr).trim().trim_start_matches("error: ")),
