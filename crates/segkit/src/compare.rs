@@ -41,6 +41,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<i32> {
     let mut runs = a.runs.clone();
+    // Probed once for training and evaluation alike.
+    let device_name = crate::device::vet(&a.device)?;
     if !a.train.is_empty() {
         let stop = ctrl_c()?;
         // Where each trained config's run went, so that a later config's `init_from` naming
@@ -48,7 +50,7 @@ pub fn run(a: Args) -> Result<i32> {
         let mut trained: Vec<(PathBuf, PathBuf)> = Vec::new();
         for path in &a.train {
             let mut overrides = a.set.clone();
-            overrides.push(format!("train.device={:?}", crate::device::vet(&a.device)?));
+            overrides.push(format!("train.device={device_name:?}"));
             let mut cfg = RunConfig::load(path, &overrides)?;
             if !cfg.train.init_from.is_empty() {
                 let wanted = PathBuf::from(&cfg.train.init_from);
@@ -76,7 +78,7 @@ pub fn run(a: Args) -> Result<i32> {
     if runs.is_empty() {
         bail!("nothing to compare: give run directories or --train CONFIG...");
     }
-    let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
+    let (dev, desc) = device::select(&device_name)?;
     let bar = progress::bar(0, "eval");
     let cmp = compare(&runs, a.data.as_deref(), &a.split, a.samples, a.limit, &dev, &desc, &mut |name, d, t| {
         bar.set_length(t as u64);
