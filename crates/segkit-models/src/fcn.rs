@@ -21,6 +21,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::cpu_conv::conv2d;
 use crate::geometry::CoordMap;
 use crate::layers::{bilinear_up, conv_zero, crop};
 use crate::trace::{Shape3, Tracer};
@@ -142,14 +143,14 @@ impl Fcn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         let taps = self.vgg.forward(x);
-        let mut score = self.score_fr.forward(taps.fc7); // 1/32
+        let mut score = conv2d(&self.score_fr, taps.fc7); // 1/32
         let at_once = self.variant == FcnVariant::Fcn8sAtOnce;
         if let (Some(up2), Some(score_pool4), Some(off)) = (&self.upscore2, &self.score_pool4, self.offsets.score_pool4)
         {
             let upscore2 = up2.forward(score); // 1/16
             let [_, _, uh, uw] = upscore2.dims();
             let pool4 = if at_once { taps.pool4.mul_scalar(0.01) } else { taps.pool4 };
-            let skip = crop(score_pool4.forward(pool4), off, off, uh, uw);
+            let skip = crop(conv2d(score_pool4, pool4), off, off, uh, uw);
             score = upscore2 + skip;
         }
         if let (Some(up_p4), Some(score_pool3), Some(off)) =
@@ -158,7 +159,7 @@ impl Fcn {
             let upscore_pool4 = up_p4.forward(score); // 1/8
             let [_, _, uh, uw] = upscore_pool4.dims();
             let pool3 = if at_once { taps.pool3.mul_scalar(0.0001) } else { taps.pool3 };
-            let skip = crop(score_pool3.forward(pool3), off, off, uh, uw);
+            let skip = crop(conv2d(score_pool3, pool3), off, off, uh, uw);
             score = upscore_pool4 + skip;
         }
         let out = self.final_up().forward(score); // back to full resolution, plus a margin

@@ -4,6 +4,7 @@
 //! pass (an invalid input is an error value, never a panic inside Burn); layer and field names are
 //! the reference models' so that weights map by name.
 
+pub mod cpu_conv;
 pub mod fcn;
 pub mod geometry;
 pub mod layers;

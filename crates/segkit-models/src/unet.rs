@@ -21,6 +21,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::ModelError;
+use crate::cpu_conv::conv2d;
 use crate::layers::{center_crop, conv, max_pool, up_conv};
 use crate::trace::{Shape3, Tracer};
 
@@ -46,11 +47,11 @@ impl DoubleConv {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self.conv1.forward(x);
+        let mut x = conv2d(&self.conv1, x);
         if let Some(bn) = &self.bn1 {
             x = bn.forward(x);
         }
-        let mut x = self.conv2.forward(relu(x));
+        let mut x = conv2d(&self.conv2, relu(x));
         if let Some(bn) = &self.bn2 {
             x = bn.forward(x);
         }
@@ -138,7 +139,7 @@ impl Unet {
             let skip = center_crop(skip, h, w);
             x = block.forward(Tensor::cat(vec![skip, u], 1)); // 2H - 4 (unpadded)
         }
-        self.final_conv.forward(x)
+        conv2d(&self.final_conv, x)
     }
 
     pub fn trace(&self, t: &mut Tracer, x: Shape3) -> Result<Shape3, ModelError> {

@@ -17,6 +17,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::ModelError;
+use crate::cpu_conv::conv2d;
 use crate::geometry::CoordMap;
 use crate::layers::{conv, max_pool};
 use crate::trace::{Shape3, Tracer};
@@ -122,7 +123,7 @@ impl Vgg16 {
         let mut pool4 = None;
         for (i, (convs, (_, pool))) in self.stages().into_iter().enumerate() {
             for (_, c) in convs {
-                x = relu(c.forward(x));
+                x = relu(conv2d(c, x));
             }
             x = pool.forward(x); // H/2^(i+1), rounded up
             match i {
@@ -131,8 +132,8 @@ impl Vgg16 {
                 _ => {}
             }
         }
-        let x = self.drop6.forward(relu(self.fc6.forward(x))); // (H5 - 6) x (W5 - 6)
-        let fc7 = self.drop7.forward(relu(self.fc7.forward(x)));
+        let x = self.drop6.forward(relu(conv2d(&self.fc6, x))); // (H5 - 6) x (W5 - 6)
+        let fc7 = self.drop7.forward(relu(conv2d(&self.fc7, x)));
         VggTaps { pool3: pool3.expect("five stages"), pool4: pool4.expect("five stages"), fc7 }
     }
 

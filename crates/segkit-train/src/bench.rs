@@ -200,6 +200,15 @@ pub struct ConvProbe {
     pub conv_forward_ms: f64,
     /// Forward plus backward (input and weight gradients: about 3x the forward's FLOPs).
     pub conv_train_ms: f64,
+    /// Forward plus backward through segkit's own layer (`segkit_models::cpu_conv`): Burn's
+    /// forward and input gradient, the weight gradient as one GEMM. Equals `conv_train_ms` where
+    /// that layer does not apply (GPU devices).
+    pub conv_train_segkit_ms: f64,
+    /// The input gradient alone, as Burn's autodiff computes it (a transposed convolution).
+    pub input_grad_ms: f64,
+    /// The weight gradient alone, as Burn's autodiff computes it (a convolution of the input by
+    /// the output gradient, batched over input channels).
+    pub weight_grad_ms: f64,
     /// `[c_out, c_in*9] x [c_in*9, B*H*W]`: the same FLOPs as one forward.
     pub matmul_ms: f64,
     pub conv_forward_gflops: f64,
@@ -232,6 +241,8 @@ pub fn conv_probe(
 ) -> ConvProbe {
     use burn::nn::PaddingConfig2d;
     use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::module::{conv_transpose2d, conv2d_weight_backward};
+    use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
     let conv =
         Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device);
     let x = Tensor::<4>::random([batch, c_in, size, size], Distribution::Normal(0.0, 1.0), device);
@@ -245,6 +256,21 @@ pub fn conv_probe(
     let conv_train_ms = time_ms(device, warmup, steps, || {
         let grads = conv_ad.forward(xa.clone()).sum().backward();
         let _ = xa.grad(&grads).map(|g| g.sum().into_data());
+    });
+    let conv_train_segkit_ms = time_ms(device, warmup, steps, || {
+        let grads = segkit_models::cpu_conv::conv2d(&conv_ad, xa.clone()).sum().backward();
+        let _ = xa.grad(&grads).map(|g| g.sum().into_data());
+    });
+    // The two halves of the backward pass, each called the way Burn's autodiff calls it.
+    let w = conv.weight.val();
+    let dy = Tensor::<4>::random([batch, c_out, size, size], Distribution::Normal(0.0, 1.0), device);
+    let input_grad_ms = time_ms(device, warmup, steps, || {
+        let opts = ConvTransposeOptions::new([1, 1], [1, 1], [0, 0], [1, 1], 1);
+        let _ = conv_transpose2d(dy.clone(), w.clone(), None, opts).sum().into_data();
+    });
+    let weight_grad_ms = time_ms(device, warmup, steps, || {
+        let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let _ = conv2d_weight_backward(x.clone(), w.clone(), dy.clone(), opts).sum().into_data();
     });
     let a = Tensor::<2>::random([c_out, c_in * 9], Distribution::Normal(0.0, 1.0), device);
     let b = Tensor::<2>::random([c_in * 9, batch * size * size], Distribution::Normal(0.0, 1.0), device);
@@ -260,6 +286,9 @@ pub fn conv_probe(
         gflop,
         conv_forward_ms,
         conv_train_ms,
+        conv_train_segkit_ms,
+        input_grad_ms,
+        weight_grad_ms,
         matmul_ms,
         conv_forward_gflops: gflop / (conv_forward_ms / 1e3),
         conv_train_gflops: 3.0 * gflop / (conv_train_ms / 1e3),

@@ -45,9 +45,14 @@ pub struct Args {
     /// against the matrix product of the same FLOPs.
     #[arg(long, value_name = "CHANNELS")]
     conv: Option<usize>,
+    /// Use Burn's own convolution weight gradient on the CPU instead of segkit's GEMM one
+    /// (segkit_models::cpu_conv), to measure the difference in one binary.
+    #[arg(long)]
+    burn_conv: bool,
 }
 
 pub fn run(a: Args) -> Result<i32> {
+    segkit_models::cpu_conv::set_enabled(!a.burn_conv);
     if let Some(c) = a.conv {
         let (h, _) = parse_size(&a.size)?;
         let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
@@ -58,6 +63,14 @@ pub fn run(a: Args) -> Result<i32> {
             "conv forward+backward   {:8.1} ms  {:6.1} GFLOP/s (3x forward FLOPs)",
             p.conv_train_ms, p.conv_train_gflops
         );
+        let g = p.gflop;
+        println!(
+            "  segkit's conv layer   {:8.1} ms  {:6.1} GFLOP/s (weight gradient as one GEMM)",
+            p.conv_train_segkit_ms,
+            3.0 * g / (p.conv_train_segkit_ms / 1e3)
+        );
+        println!("  input gradient alone  {:8.1} ms  {:6.1} GFLOP/s", p.input_grad_ms, g / (p.input_grad_ms / 1e3));
+        println!("  weight gradient alone {:8.1} ms  {:6.1} GFLOP/s", p.weight_grad_ms, g / (p.weight_grad_ms / 1e3));
         println!("matmul, same FLOPs      {:8.1} ms  {:6.1} GFLOP/s", p.matmul_ms, p.matmul_gflops);
         if a.json {
             println!("{}", serde_json::to_string(&p)?);

@@ -3,6 +3,7 @@
 //! A thin layer over the libraries: argument parsing, printing, progress bars and Ctrl-C. Only
 //! this crate prints; one file per subcommand.
 
+mod alloc;
 mod bench;
 mod compare;
 mod data;
@@ -51,6 +52,8 @@ enum Command {
 }
 
 fn main() {
+    // Before anything allocates a tensor or starts a thread (see alloc.rs).
+    alloc::tune_for_tensors();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Summary(a) => summary::run(a),

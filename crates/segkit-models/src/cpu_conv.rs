@@ -1,0 +1,316 @@
+//! A stride-1 convolution for Burn's CPU backend (flex) whose weight gradient is one matrix
+//! product per row band instead of Burn's generic formulation.
+//!
+//! Why: Burn's autodiff computes a convolution's weight gradient as another convolution, of the
+//! input (batch and channels swapped) by the output gradient used as an H x W kernel, giving a
+//! k x k output. On flex that runs at 45-115 GFLOP/s, 2-2.4x the time of the forward pass, and it
+//! was the largest single cost of a training step (`segkit bench --conv` prints the split). The
+//! same gradient is `dY [C_out, H*W] x im2col(x)^T [H*W, C_in*k*k]`: a well-shaped GEMM that
+//! flex's matrix multiply runs at full speed. The forward pass and the input gradient stay
+//! Burn's own (they are already close to GEMM speed).
+//!
+//! Scope, checked by [`applies`]: CPU (flex) devices, stride 1, dilation 1, one group, symmetric
+//! explicit padding, with a bias — every convolution in FCN (conv1_1 ... fc7, score layers) and
+//! U-Net. Anything else, and every GPU device, takes Burn's `Conv2d::forward` unchanged.
+//!
+//! Invariant: the values and gradients equal Burn's conv2d up to float summation order (the test
+//! compares both on random data).
+
+use burn::backend::ops::{ConvOptions, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, DispatchDevice, Flex, TensorMetadata, backend_extension};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Shape, Slice, Tensor};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::NodeId;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Largest im2col band built at once (f32 elements; 64 MiB), so the weight gradient of FCN's
+/// 424x424 first layers does not hold a 9x copy of the whole input.
+const BAND_ELEMS: usize = 16 << 20;
+
+#[backend_extension(Flex, Autodiff)]
+pub trait GemmConv: Backend {
+    /// `conv2d(x, weight, bias)` with stride 1, dilation 1, one group and zero padding
+    /// `pad_h`/`pad_w` on both sides.
+    fn conv2d_gemm_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        pad_h: usize,
+        pad_w: usize,
+    ) -> FloatTensor<Self>;
+}
+
+fn options(pad_h: usize, pad_w: usize) -> ConvOptions<2> {
+    ConvOptions::new([1, 1], [pad_h, pad_w], [1, 1], 1)
+}
+
+impl GemmConv for Flex {
+    fn conv2d_gemm_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        pad_h: usize,
+        pad_w: usize,
+    ) -> FloatTensor<Self> {
+        Flex::conv2d(x, weight, Some(bias), options(pad_h, pad_w))
+    }
+}
+
+/// `dW = sum_n dY_n [C_out, L] x im2col(x_n) [L, C_in*kh*kw]`, built band of output rows by band
+/// so the im2col buffer stays under [`BAND_ELEMS`].
+fn weight_grad<B: Backend>(
+    x: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    weight_shape: Shape,
+    pad: [usize; 2],
+) -> FloatTensor<B> {
+    let [n, c_in, h, w] = x.shape().dims();
+    let [_, c_out, h_out, w_out] = grad.shape().dims();
+    let [_, _, kh, kw] = weight_shape.dims();
+    let ck = c_in * kh * kw;
+    let device = x.device();
+    let dtype = x.dtype();
+    // Zero-pad once; the bands below are views into it.
+    let xp = if pad == [0, 0] {
+        x
+    } else {
+        let shape = Shape::new([n, c_in, h + 2 * pad[0], w + 2 * pad[1]]);
+        let zeros = B::float_zeros(shape, &device, dtype.into());
+        let region = [
+            Slice::from(0..n),
+            Slice::from(0..c_in),
+            Slice::from(pad[0]..pad[0] + h),
+            Slice::from(pad[1]..pad[1] + w),
+        ];
+        B::float_slice_assign(zeros, &region, x)
+    };
+    let rows_per_band = (BAND_ELEMS / (n * w_out * ck).max(1)).clamp(1, h_out);
+    let mut total: Option<FloatTensor<B>> = None;
+    let mut r0 = 0;
+    while r0 < h_out {
+        let r1 = (r0 + rows_per_band).min(h_out);
+        let rows = r1 - r0;
+        // Input rows [r0, r1 + kh - 1) produce output rows [r0, r1).
+        let band = B::float_slice(
+            xp.clone(),
+            &[Slice::from(0..n), Slice::from(0..c_in), Slice::from(r0..r1 + kh - 1), Slice::full()],
+        );
+        // [n, c_in, rows, w_out, kh] -> [n, c_in, rows, w_out, kh, kw] (views, no copy)
+        let cols = B::float_unfold(B::float_unfold(band, 2, kh, 1), 3, kw, 1);
+        // [n, c_in, kh, kw, rows, w_out] -> [n, c_in*kh*kw, rows*w_out]: the one copy (im2col),
+        // in the order whose innermost run is a contiguous input row. The product below reads it
+        // transposed through strides.
+        let cols = B::float_permute(cols, &[0, 1, 4, 5, 2, 3]);
+        let cols = B::float_reshape(cols, Shape::new([n, ck, rows * w_out]));
+        let cols = B::float_swap_dims(cols, 1, 2);
+        let g = B::float_slice(
+            grad.clone(),
+            &[Slice::from(0..n), Slice::from(0..c_out), Slice::from(r0..r1), Slice::full()],
+        );
+        let g = B::float_reshape(g, Shape::new([n, c_out, rows * w_out]));
+        let part = B::float_matmul(g, cols); // [n, c_out, ck]
+        total = Some(match total {
+            None => part,
+            Some(t) => B::float_add(t, part),
+        });
+        r0 = r1;
+    }
+    let total = total.expect("a convolution output has at least one row");
+    let total = if n > 1 { B::float_sum_dim(total, 0) } else { total };
+    B::float_reshape(total, weight_shape)
+}
+
+impl<B: Backend + GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
+    fn conv2d_gemm_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        pad_h: usize,
+        pad_w: usize,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct ConvGemmGrad;
+
+        impl<B: Backend> Backward<B, 3> for ConvGemmGrad {
+            type State = (NodeId, NodeId, NodeId, [usize; 2]);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                let [node_x, node_weight, node_bias] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_state, weight_state, bias_state, pad) = ops.state;
+                let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+                let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
+                let bias = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(bias_state);
+                let opts = options(pad[0], pad[1]);
+                if let Some(node) = node_x {
+                    let g = B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), opts);
+                    grads.register::<B>(node.id, g);
+                }
+                if let Some(node) = node_weight {
+                    let g = weight_grad::<B>(x.clone(), grad.clone(), weight.shape(), pad);
+                    grads.register::<B>(node.id, g);
+                }
+                if let Some(node) = node_bias {
+                    let g = B::conv2d_bias_backward(x, bias, grad);
+                    grads.register::<B>(node.id, g);
+                }
+            }
+        }
+
+        match ConvGemmGrad.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let bias_state = prep.checkpoint(&bias);
+                prep.finish(
+                    (x_state, weight_state, bias_state, [pad_h, pad_w]),
+                    B::conv2d_gemm_grad(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), pad_h, pad_w),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::conv2d_gemm_grad(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    pad_h,
+                    pad_w,
+                ))
+            }
+        }
+    }
+}
+
+/// The stride-1 padding of `conv` when it qualifies for [`GemmConv`] (see the module docs).
+fn gemm_padding(conv: &Conv2d) -> Option<[usize; 2]> {
+    if conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 || conv.bias.is_none() {
+        return None;
+    }
+    match conv.padding {
+        PaddingConfig2d::Valid => Some([0, 0]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => Some([top, left]),
+        _ => None,
+    }
+}
+
+/// Process-wide switch, on by default; `segkit bench --burn-conv` turns it off to measure Burn's
+/// own path against this one in the same binary.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the GEMM weight gradient on or off for every later forward pass in this process.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether `x` lives on the CPU backend (directly or under autodiff) and the path is enabled.
+fn on_flex(x: &Tensor<4>) -> bool {
+    ENABLED.load(Ordering::Relaxed) && matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+}
+
+/// Whether [`conv2d`] takes the GEMM-gradient path for this layer and input.
+pub fn applies(conv: &Conv2d, x: &Tensor<4>) -> bool {
+    on_flex(x) && gemm_padding(conv).is_some()
+}
+
+/// `conv.forward(x)`, with the GEMM weight gradient where it [`applies`].
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match gemm_padding(conv) {
+        Some([ph, pw]) if on_flex(&x) => {
+            let bias = conv.bias.as_ref().expect("gemm_padding checked the bias").val();
+            let y = burn::backend::Dispatch::conv2d_gemm_grad(
+                x.into_dispatch(),
+                conv.weight.val().into_dispatch(),
+                bias.into_dispatch(),
+                ph,
+                pw,
+            );
+            Tensor::from_dispatch(y)
+        }
+        _ => conv.forward(x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Device, Distribution};
+
+    fn max_rel_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-6);
+        (a - b).abs().max().into_scalar::<f32>() / scale
+    }
+
+    /// Values and all three gradients through [`conv2d`] against Burn's `Conv2d::forward`, on
+    /// the CPU backend under autodiff. `(n, c_in, c_out, h, w, k, pad)`.
+    fn check(case: (usize, usize, usize, usize, usize, usize, usize)) {
+        let (n, c_in, c_out, h, w, k, pad) = case;
+        let device = Device::flex().autodiff();
+        let conv = Conv2dConfig::new([c_in, c_out], [k, k])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .init(&device);
+        // A non-zero bias, so its gradient path is exercised with a real value.
+        let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &device);
+        let conv = Conv2d { bias: Some(burn::module::Param::from_tensor(bias)), ..conv };
+        let x = Tensor::<4>::random([n, c_in, h, w], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        // A non-uniform upstream gradient: the weighted sum of the output.
+        let out_w = Tensor::<4>::random(
+            [n, c_out, h + 2 * pad - k + 1, w + 2 * pad - k + 1],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        assert!(applies(&conv, &x), "case {case:?} should take the GEMM path");
+
+        let run = |y: Tensor<4>| {
+            let grads = (y.clone() * out_w.clone()).sum().backward();
+            let gx = x.grad(&grads).unwrap();
+            let gw = conv.weight.grad(&grads).unwrap();
+            let gb = conv.bias.as_ref().unwrap().grad(&grads).unwrap();
+            (y.inner(), gx, gw, gb)
+        };
+        let (y0, gx0, gw0, gb0) = run(conv.forward(x.clone()));
+        let (y1, gx1, gw1, gb1) = run(conv2d(&conv, x.clone()));
+        let tol = 1e-5;
+        assert!(max_rel_diff(y1, y0) < tol, "output differs for {case:?}");
+        assert!(max_rel_diff(gx1, gx0) < tol, "input gradient differs for {case:?}");
+        assert!(max_rel_diff(gw1, gw0) < tol, "weight gradient differs for {case:?}");
+        let gb = max_rel_diff(gb1.reshape([1, 1, 1, c_out]), gb0.reshape([1, 1, 1, c_out]));
+        assert!(gb < tol, "bias gradient differs for {case:?}");
+    }
+
+    #[test]
+    fn gemm_weight_gradient_matches_burns_conv() {
+        for case in [
+            (1, 3, 4, 9, 11, 3, 1),  // VGG's 3x3, padding 1, non-square
+            (2, 5, 3, 8, 8, 3, 0),   // U-Net's unpadded 3x3, batch summed
+            (1, 4, 6, 10, 7, 7, 0),  // fc6's 7x7
+            (3, 6, 2, 5, 5, 1, 0),   // 1x1 score layers
+            (1, 3, 2, 4, 4, 3, 100), // conv1_1's padding of 100: mostly zeros
+            // 16 * 49 * 150 * 150 elements exceed BAND_ELEMS: the im2col is built in two bands.
+            (1, 16, 2, 150, 150, 7, 3),
+        ] {
+            check(case);
+        }
+    }
+
+    /// GPU devices and strided layers keep Burn's own path.
+    #[test]
+    fn only_stride_one_layers_take_the_gemm_path() {
+        let device = Device::flex();
+        let x = Tensor::<4>::zeros([1, 2, 8, 8], &device);
+        let plain = Conv2dConfig::new([2, 2], [3, 3]).init(&device);
+        assert!(applies(&plain, &x));
+        let strided = Conv2dConfig::new([2, 2], [3, 3]).with_stride([2, 2]).init(&device);
+        assert!(!applies(&strided, &x));
+        let no_bias = Conv2dConfig::new([2, 2], [3, 3]).with_bias(false).init(&device);
+        assert!(!applies(&no_bias, &x));
+        let same = Conv2dConfig::new([2, 2], [3, 3]).with_padding(PaddingConfig2d::Same).init(&device);
+        assert!(!applies(&same, &x));
+    }
+}
