@@ -3,11 +3,12 @@
 //!
 //! Why: Burn's autodiff computes a convolution's weight gradient as another convolution, of the
 //! input (batch and channels swapped) by the output gradient used as an H x W kernel, giving a
-//! k x k output. On flex that runs at 45-115 GFLOP/s, 2-2.4x the time of the forward pass, and it
-//! was the largest single cost of a training step (`segkit bench --conv` prints the split). The
+//! k x k output. On flex that ran at 56-115 GFLOP/s, 1.7-2.5x the time of the forward pass, and
+//! it was the largest single cost of a training step (`segkit bench --conv` prints the split). The
 //! same gradient is `dY [C_out, H*W] x im2col(x)^T [H*W, C_in*k*k]`: a well-shaped GEMM that
 //! flex's matrix multiply runs at full speed. The forward pass and the input gradient stay
-//! Burn's own (they are already close to GEMM speed).
+//! Burn's own (they are already close to GEMM speed). Measured effect: FCN-8s and U-Net CPU
+//! training steps -21% and -26% (docs/BENCHMARKS.md).
 //!
 //! Scope, checked by [`applies`]: CPU (flex) devices, stride 1, dilation 1, one group, symmetric
 //! explicit padding, with a bias — every convolution in FCN (conv1_1 ... fc7, score layers) and
