@@ -1,25 +1,33 @@
-//! A stride-1 convolution for Burn's CPU backend (flex) whose weight gradient is one matrix
-//! product per row band instead of Burn's generic formulation.
+//! Stride-1 convolutions for Burn's CPU backend (flex): a direct forward kernel and a weight
+//! gradient that is one matrix product per row band, instead of Burn's generic formulations.
 //!
-//! Why: Burn's autodiff computes a convolution's weight gradient as another convolution, of the
-//! input (batch and channels swapped) by the output gradient used as an H x W kernel, giving a
-//! k x k output. On flex that ran at 56-115 GFLOP/s, 1.7-2.5x the time of the forward pass, and
-//! it was the largest single cost of a training step (`segkit bench --conv` prints the split). The
-//! same gradient is `dY [C_out, H*W] x im2col(x)^T [H*W, C_in*k*k]`: a well-shaped GEMM that
-//! flex's matrix multiply runs at full speed. The forward pass and the input gradient stay
-//! Burn's own (they are already close to GEMM speed). Measured effect: FCN-8s and U-Net CPU
-//! training steps -21% and -26% (docs/BENCHMARKS.md).
+//! Why, forward: flex's convolution is a tiled im2col + GEMM with layout changes around it; on
+//! FCN's 64-channel 424x424 layers the copies cost more than the product. The direct kernel
+//! pads the input once and runs the k*k products `W_ij [C_out, C_in] x shift_ij(x)` as `gemm`
+//! calls on strided views of it, accumulating into cache-sized output tiles: no im2col buffer.
+//! Why, weight gradient: Burn's autodiff computes it as another convolution, of the input (batch
+//! and channels swapped) by the output gradient used as an H x W kernel, giving a k x k output.
+//! On flex that ran at 56-115 GFLOP/s, 1.7-2.5x the time of the forward pass, and it was the
+//! largest single cost of a training step (`segkit bench --conv` prints the split). The same
+//! gradient is `dY [C_out, H*W] x im2col(x)^T [H*W, C_in*k*k]`: a well-shaped GEMM that flex's
+//! matrix multiply runs at full speed. The input gradient stays Burn's (a direct version of it
+//! measured no faster). Measured effect, in order: training steps -21% (FCN-8s) and -26%
+//! (U-Net) from the weight gradient, then FCN-8s -14% and its inference -34% from the forward
+//! (docs/BENCHMARKS.md).
 //!
 //! Scope, checked by [`applies`]: CPU (flex) devices, stride 1, dilation 1, one group, symmetric
 //! explicit padding, with a bias — every convolution in FCN (conv1_1 ... fc7, score layers) and
-//! U-Net. Anything else, and every GPU device, takes Burn's `Conv2d::forward` unchanged.
+//! U-Net. Anything else, and every GPU device, takes Burn's `Conv2d::forward` unchanged; tensors
+//! other than f32 take flex's own convolution inside the same layer.
 //!
 //! Invariant: the values and gradients equal Burn's conv2d up to float summation order (the test
-//! compares both on random data).
+//! compares both on random data, shapes chosen to hit every tiling and padding branch).
 
 use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DispatchDevice, Flex, TensorMetadata, backend_extension};
+use burn::tensor::DType;
+use burn_flex::FlexTensor;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Shape, Slice, Tensor};
@@ -60,8 +68,128 @@ impl GemmConv for Flex {
         pad_h: usize,
         pad_w: usize,
     ) -> FloatTensor<Self> {
-        Flex::conv2d(x, weight, Some(bias), options(pad_h, pad_w))
+        // The direct kernel below where it applies (f32), flex's own convolution otherwise.
+        match direct_conv_f32(&x, &weight, Some(&bias), [pad_h, pad_w]) {
+            Some(y) => y,
+            None => Flex::conv2d(x, weight, Some(bias), options(pad_h, pad_w)),
+        }
     }
+}
+
+/// A raw pointer that may cross into rayon tasks; each task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, so closures capture the whole (Send) wrapper rather than its raw field.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// Direct stride-1 convolution on flex's memory (f32; `None` for other dtypes or shapes):
+/// `y[:, p] = sum_{i,j} W_ij [C_out, C_in] x x_p[:, p + i*W_p + j]`, where `x_p` is the input
+/// zero-padded once and flattened per channel with row length `W_p`. Each `x_p` shift is a plain
+/// strided matrix, so the k*k products are `gemm` calls accumulating into one output tile, with
+/// no im2col buffer. Output positions are computed at the padded width (`W_p`) and the valid
+/// `W_out` columns copied out with the bias; tiles of whole output rows small enough to stay in
+/// cache are spread over rayon's threads.
+fn direct_conv_f32(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    pad: [usize; 2],
+) -> Option<FlexTensor> {
+    use rayon::prelude::*;
+    let x = x.to_contiguous();
+    let weight = weight.to_contiguous();
+    let xs: &[f32] = x.as_slice()?;
+    let ws: &[f32] = weight.as_slice()?;
+    let bias: Option<Vec<f32>> = match bias {
+        Some(b) => Some(b.to_contiguous().as_slice::<f32>()?.to_vec()),
+        None => None,
+    };
+    let [n, c_in, h, w] = x.layout().shape().dims();
+    let [c_out, c_in_w, kh, kw] = weight.layout().shape().dims();
+    if c_in_w != c_in || n * c_in * c_out == 0 {
+        return None;
+    }
+    let (hp, wp) = (h + 2 * pad[0], w + 2 * pad[1]);
+    let h_out = (hp + 1).checked_sub(kh).filter(|&v| v > 0)?;
+    let w_out = (wp + 1).checked_sub(kw).filter(|&v| v > 0)?;
+    // One spare zero row: the last kernel row's shifts read up to kw - 1 elements past hp * wp.
+    let plane = (hp + 1) * wp;
+    let mut xp = vec![0f32; n * c_in * plane];
+    xp.par_chunks_mut(plane).zip(xs.par_chunks(h * w)).for_each(|(dst, src)| {
+        for (y, row) in src.chunks(w).enumerate() {
+            dst[(y + pad[0]) * wp + pad[1]..][..w].copy_from_slice(row);
+        }
+    });
+    let mut out = FlexTensor::empty(Shape::new([n, c_out, h_out, w_out]), DType::F32);
+    let out_ptr = OutPtr(out.storage_mut::<f32>().as_mut_ptr());
+    // About 1 MiB of accumulator per tile, at least one output row.
+    let rows_per_tile = ((256 << 10) / (c_out * wp)).clamp(1, h_out);
+    let tiles = h_out.div_ceil(rows_per_tile);
+    let k2 = kh * kw;
+    (0..n * tiles).into_par_iter().for_each(|task| {
+        let (b, t) = (task / tiles, task % tiles);
+        let r0 = t * rows_per_tile;
+        let rows = rows_per_tile.min(h_out - r0);
+        let len = rows * wp;
+        let mut acc = vec![0f32; c_out * len];
+        let x_img = &xp[b * c_in * plane..][..c_in * plane];
+        for i in 0..kh {
+            for j in 0..kw {
+                let first = i == 0 && j == 0;
+                // SAFETY: lhs is W[:, :, i, j] (c_out x c_in, strides c_in*k2 and k2) inside `ws`;
+                // rhs is x_p shifted by (r0 + i) * wp + j (c_in x len, strides plane and 1); its
+                // last element, (c_in - 1) * plane + (r0 + rows - 1 + i) * wp + wp - 1 + j, lies
+                // inside the plane thanks to the spare row; dst is `acc` (c_out x len).
+                unsafe {
+                    gemm::gemm(
+                        c_out,
+                        len,
+                        c_in,
+                        acc.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        !first,
+                        ws.as_ptr().add(i * kw + j),
+                        k2 as isize,
+                        (c_in * k2) as isize,
+                        x_img.as_ptr().add((r0 + i) * wp + j),
+                        1,
+                        plane as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        }
+        for co in 0..c_out {
+            let bv = bias.as_ref().map_or(0.0, |b| b[co]);
+            for r in 0..rows {
+                let src = &acc[co * len + r * wp..][..w_out];
+                // SAFETY: output rows r0..r0+rows of image b belong to this task alone.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out_ptr.at(((b * c_out + co) * h_out + r0 + r) * w_out),
+                        w_out,
+                    )
+                };
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = s + bv;
+                }
+            }
+        }
+    });
+    Some(out)
 }
 
 /// `dW = sum_n dY_n [C_out, L] x im2col(x_n) [L, C_in*kh*kw]`, built band of output rows by band
@@ -149,9 +277,8 @@ impl<B: Backend + GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
                 let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
                 let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
                 let bias = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(bias_state);
-                let opts = options(pad[0], pad[1]);
                 if let Some(node) = node_x {
-                    let g = B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), opts);
+                    let g = B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options(pad[0], pad[1]));
                     grads.register::<B>(node.id, g);
                 }
                 if let Some(node) = node_weight {
@@ -295,6 +422,10 @@ mod tests {
             (1, 3, 2, 4, 4, 3, 100), // conv1_1's padding of 100: mostly zeros
             // 16 * 49 * 150 * 150 elements exceed BAND_ELEMS: the im2col is built in two bands.
             (1, 16, 2, 150, 150, 7, 3),
+            // 64 outputs at a padded width of 302: the direct kernel splits the 40 output rows into
+            // tiles of 13 (the last one shorter).
+            (1, 3, 64, 40, 300, 3, 1),
+            (2, 8, 5, 1, 1, 3, 1),   // a 1x1 image, all padding
         ] {
             check(case);
         }

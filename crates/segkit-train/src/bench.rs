@@ -198,6 +198,8 @@ pub struct ConvProbe {
     /// `2 * c_out * c_in * 9 * H * W * B`.
     pub gflop: f64,
     pub conv_forward_ms: f64,
+    /// The forward through segkit's own layer (`segkit_models::cpu_conv`).
+    pub conv_forward_segkit_ms: f64,
     /// Forward plus backward (input and weight gradients: about 3x the forward's FLOPs).
     pub conv_train_ms: f64,
     /// Forward plus backward through segkit's own layer (`segkit_models::cpu_conv`): Burn's
@@ -249,6 +251,9 @@ pub fn conv_probe(
     let conv_forward_ms = time_ms(device, warmup, steps, || {
         let _ = conv.forward(x.clone()).sum().into_data();
     });
+    let conv_forward_segkit_ms = time_ms(device, warmup, steps, || {
+        let _ = segkit_models::cpu_conv::conv2d(&conv, x.clone()).sum().into_data();
+    });
     let ad = device.clone().autodiff();
     let conv_ad =
         Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&ad);
@@ -285,6 +290,7 @@ pub fn conv_probe(
         size,
         gflop,
         conv_forward_ms,
+        conv_forward_segkit_ms,
         conv_train_ms,
         conv_train_segkit_ms,
         input_grad_ms,

@@ -65,6 +65,11 @@ pub fn run(a: Args) -> Result<i32> {
         );
         let g = p.gflop;
         println!(
+            "  segkit's forward      {:8.1} ms  {:6.1} GFLOP/s",
+            p.conv_forward_segkit_ms,
+            g / (p.conv_forward_segkit_ms / 1e3)
+        );
+        println!(
             "  segkit's conv layer   {:8.1} ms  {:6.1} GFLOP/s (weight gradient as one GEMM)",
             p.conv_train_segkit_ms,
             3.0 * g / (p.conv_train_segkit_ms / 1e3)
