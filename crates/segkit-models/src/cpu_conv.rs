@@ -1,5 +1,5 @@
-//! Stride-1 convolutions for Burn's CPU backend (flex): a direct forward kernel and a weight
-//! gradient that is one matrix product per row band, instead of Burn's generic formulations.
+//! Stride-1 convolutions for Burn's CPU backend (flex): a direct forward kernel and a direct
+//! weight gradient, instead of Burn's generic formulations.
 //!
 //! Why, forward: flex's convolution is a tiled im2col + GEMM with layout changes around it; on
 //! FCN's 64-channel 424x424 layers the copies cost more than the product. The direct kernel
@@ -8,20 +8,22 @@
 //! Why, weight gradient: Burn's autodiff computes it as another convolution, of the input (batch
 //! and channels swapped) by the output gradient used as an H x W kernel, giving a k x k output.
 //! On flex that ran at 56-115 GFLOP/s, 1.7-2.5x the time of the forward pass, and it was the
-//! largest single cost of a training step (`segkit bench --conv` prints the split). The same
-//! gradient is `dY [C_out, H*W] x im2col(x)^T [H*W, C_in*k*k]`: a well-shaped GEMM that flex's
-//! matrix multiply runs at full speed. The input gradient stays Burn's (a direct version of it
-//! measured no faster). Measured effect, in order: training steps -21% (FCN-8s) and -26%
-//! (U-Net) from the weight gradient, then FCN-8s -14% and its inference -34% from the forward
-//! (docs/BENCHMARKS.md).
+//! largest single cost of a training step (`segkit bench --conv` prints the split). Here it is
+//! `dW_ij = dY x shift_ij(x)^T`, k*k `gemm` calls on the same strided views (large maps), or one
+//! GEMM against an im2col built from tensor ops (small maps with wide layers, and any backend
+//! without the direct path). The input gradient stays Burn's (a direct version of it measured no
+//! faster). Measured effect, in order (docs/BENCHMARKS.md): the im2col GEMM gradient -21%
+//! (FCN-8s) and -26% (U-Net) per training step; the direct forward FCN-8s -14% and its inference
+//! -34%; the direct weight gradient FCN-8s -11% and U-Net -7%.
 //!
 //! Scope, checked by [`applies`]: CPU (flex) devices, stride 1, dilation 1, one group, symmetric
 //! explicit padding, with a bias — every convolution in FCN (conv1_1 ... fc7, score layers) and
 //! U-Net. Anything else, and every GPU device, takes Burn's `Conv2d::forward` unchanged; tensors
-//! other than f32 take flex's own convolution inside the same layer.
+//! other than f32 take flex's own convolution and the tensor-op gradient inside the same layer.
 //!
 //! Invariant: the values and gradients equal Burn's conv2d up to float summation order (the test
-//! compares both on random data, shapes chosen to hit every tiling and padding branch).
+//! compares both on random data, shapes chosen to hit every tiling, banding and padding branch
+//! and both weight-gradient paths).
 
 use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
@@ -119,14 +121,7 @@ fn direct_conv_f32(
     let (hp, wp) = (h + 2 * pad[0], w + 2 * pad[1]);
     let h_out = (hp + 1).checked_sub(kh).filter(|&v| v > 0)?;
     let w_out = (wp + 1).checked_sub(kw).filter(|&v| v > 0)?;
-    // One spare zero row: the last kernel row's shifts read up to kw - 1 elements past hp * wp.
-    let plane = (hp + 1) * wp;
-    let mut xp = vec![0f32; n * c_in * plane];
-    xp.par_chunks_mut(plane).zip(xs.par_chunks(h * w)).for_each(|(dst, src)| {
-        for (y, row) in src.chunks(w).enumerate() {
-            dst[(y + pad[0]) * wp + pad[1]..][..w].copy_from_slice(row);
-        }
-    });
+    let (xp, plane) = padded_planes(xs, [h, w], pad);
     let mut out = FlexTensor::empty(Shape::new([n, c_out, h_out, w_out]), DType::F32);
     let out_ptr = OutPtr(out.storage_mut::<f32>().as_mut_ptr());
     // About 1 MiB of accumulator per tile, at least one output row.
@@ -190,6 +185,130 @@ fn direct_conv_f32(
         }
     });
     Some(out)
+}
+
+/// The input zero-padded by `pad` and laid out plane by plane with row length `w + 2 pad_w`, plus
+/// one spare zero row per plane: the last kernel row's shifted views read up to `kw - 1` elements
+/// past the padded plane. Returns the buffer and the plane length.
+fn padded_planes(xs: &[f32], [h, w]: [usize; 2], pad: [usize; 2]) -> (Vec<f32>, usize) {
+    use rayon::prelude::*;
+    let wp = w + 2 * pad[1];
+    let plane = (h + 2 * pad[0] + 1) * wp;
+    let mut xp = vec![0f32; xs.len() / (h * w).max(1) * plane];
+    xp.par_chunks_mut(plane).zip(xs.par_chunks(h * w)).for_each(|(dst, src)| {
+        for (y, row) in src.chunks(w).enumerate() {
+            dst[(y + pad[0]) * wp + pad[1]..][..w].copy_from_slice(row);
+        }
+    });
+    (xp, plane)
+}
+
+/// The weight gradient of a stride-1 convolution on flex's memory (f32; `None` otherwise), with
+/// no im2col buffer: `dW[:, :, i, j] = dY_ext [C_out, L] x shift_ij(x_p)^T [L, C_in]`, where
+/// `x_p` is as in [`direct_conv_f32`] and `dY_ext` is `dY` widened to the padded row length with
+/// zero columns, so output position `p` and input position `p + i*W_p + j` line up in both flat
+/// layouts (the zero columns cancel the positions that wrap across rows). The products run as
+/// `gemm` calls over bands of output rows, spread over rayon's threads, then summed.
+fn weight_grad_f32(x: &FlexTensor, dy: &FlexTensor, kernel: [usize; 2], pad: [usize; 2]) -> Option<FlexTensor> {
+    use rayon::prelude::*;
+    let x = x.to_contiguous();
+    let dy = dy.to_contiguous();
+    let xs: &[f32] = x.as_slice()?;
+    let gs: &[f32] = dy.as_slice()?;
+    let [n, c_in, h, w] = x.layout().shape().dims();
+    let [n_g, c_out, h_out, w_out] = dy.layout().shape().dims();
+    let [kh, kw] = kernel;
+    let (hp, wp) = (h + 2 * pad[0], w + 2 * pad[1]);
+    if n_g != n || n * c_in * c_out * h_out * w_out == 0 || hp + 1 != h_out + kh || wp + 1 != w_out + kw {
+        return None;
+    }
+    // Worth it where the im2col would be large next to the weights (big maps, FCN's first layers
+    // and U-Net's outer ones). For small maps with wide layers (fc6, fc7, the 512-channel
+    // stages) the per-task partial sums would be the cost: measured slower there, so the caller
+    // keeps the im2col GEMM.
+    if n * h_out * w_out < 4 * c_out {
+        return None;
+    }
+    let (xp, plane) = padded_planes(xs, [h, w], pad);
+    let g_plane = h_out * wp;
+    let mut g_ext = vec![0f32; n * c_out * g_plane];
+    g_ext.par_chunks_mut(g_plane).zip(gs.par_chunks(h_out * w_out)).for_each(|(dst, src)| {
+        for (r, row) in src.chunks(w_out).enumerate() {
+            dst[r * wp..][..w_out].copy_from_slice(row);
+        }
+    });
+    let k2 = kh * kw;
+    // Enough tasks to keep every thread busy; each is one (image, band, kernel offset) product.
+    // Partial sums stay under 16 Mi elements in all.
+    let max_parts = ((16 << 20) / (c_out * c_in * n * k2)).max(1);
+    let bands = (16 / (n * k2)).clamp(1, h_out).min(max_parts);
+    let rows_per_band = h_out.div_ceil(bands);
+    let bands = h_out.div_ceil(rows_per_band);
+    let partials: Vec<(usize, Vec<f32>)> = (0..n * bands * k2)
+        .into_par_iter()
+        .map(|task| {
+            let (b, rest) = (task / (bands * k2), task % (bands * k2));
+            let (band, ij) = (rest / k2, rest % k2);
+            let (i, j) = (ij / kw, ij % kw);
+            let r0 = band * rows_per_band;
+            let len = rows_per_band.min(h_out - r0) * wp;
+            let mut part = vec![0f32; c_out * c_in];
+            // SAFETY: lhs is dY_ext[b] from position r0*wp (c_out x len, strides g_plane and 1)
+            // inside `g_ext`; rhs is x_p[b] shifted by (r0 + i)*wp + j, read as len x c_in
+            // (strides 1 and plane), whose last element (c_in - 1)*plane + (r0 + i)*wp + j + len - 1
+            // is at most (c_in - 1)*plane + hp*wp + kw - 2, inside the last plane thanks to its
+            // spare row; dst is `part` (c_out x c_in, row-major).
+            unsafe {
+                gemm::gemm(
+                    c_out,
+                    c_in,
+                    len,
+                    part.as_mut_ptr(),
+                    1,
+                    c_in as isize,
+                    false,
+                    g_ext.as_ptr().add(b * c_out * g_plane + r0 * wp),
+                    1,
+                    g_plane as isize,
+                    xp.as_ptr().add(b * c_in * plane + (r0 + i) * wp + j),
+                    plane as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            (ij, part)
+        })
+        .collect();
+    let mut out = FlexTensor::empty(Shape::new([c_out, c_in, kh, kw]), DType::F32);
+    let dw: &mut [f32] = out.storage_mut();
+    for (ij, part) in partials {
+        for (k, v) in part.into_iter().enumerate() {
+            dw[k * k2 + ij] += v;
+        }
+    }
+    Some(out)
+}
+
+/// A backend's own weight gradient for [`GemmConv`]'s backward pass, where it has one (called on
+/// the inner backend, not routed through `Dispatch`); `None` falls back to [`weight_grad`].
+pub trait DirectWeightGrad: Backend {
+    fn weight_grad_direct(
+        x: &FloatTensor<Self>,
+        grad: &FloatTensor<Self>,
+        kernel: [usize; 2],
+        pad: [usize; 2],
+    ) -> Option<FloatTensor<Self>>;
+}
+
+impl DirectWeightGrad for Flex {
+    fn weight_grad_direct(x: &FlexTensor, grad: &FlexTensor, kernel: [usize; 2], pad: [usize; 2]) -> Option<FlexTensor> {
+        weight_grad_f32(x, grad, kernel, pad)
+    }
 }
 
 /// `dW = sum_n dY_n [C_out, L] x im2col(x_n) [L, C_in*kh*kw]`, built band of output rows by band
@@ -256,7 +375,7 @@ fn weight_grad<B: Backend>(
     B::float_reshape(total, weight_shape)
 }
 
-impl<B: Backend + GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
+impl<B: Backend + GemmConv + DirectWeightGrad, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
     fn conv2d_gemm_grad(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -267,7 +386,7 @@ impl<B: Backend + GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
         #[derive(Debug)]
         struct ConvGemmGrad;
 
-        impl<B: Backend> Backward<B, 3> for ConvGemmGrad {
+        impl<B: Backend + DirectWeightGrad> Backward<B, 3> for ConvGemmGrad {
             type State = (NodeId, NodeId, NodeId, [usize; 2]);
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
@@ -282,7 +401,9 @@ impl<B: Backend + GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
                     grads.register::<B>(node.id, g);
                 }
                 if let Some(node) = node_weight {
-                    let g = weight_grad::<B>(x.clone(), grad.clone(), weight.shape(), pad);
+                    let [_, _, kh, kw] = weight.shape().dims();
+                    let g = B::weight_grad_direct(&x, &grad, [kh, kw], pad)
+                        .unwrap_or_else(|| weight_grad::<B>(x.clone(), grad.clone(), weight.shape(), pad));
                     grads.register::<B>(node.id, g);
                 }
                 if let Some(node) = node_bias {

@@ -202,9 +202,9 @@ pub struct ConvProbe {
     pub conv_forward_segkit_ms: f64,
     /// Forward plus backward (input and weight gradients: about 3x the forward's FLOPs).
     pub conv_train_ms: f64,
-    /// Forward plus backward through segkit's own layer (`segkit_models::cpu_conv`): Burn's
-    /// forward and input gradient, the weight gradient as one GEMM. Equals `conv_train_ms` where
-    /// that layer does not apply (GPU devices).
+    /// Forward plus backward through segkit's own layer (`segkit_models::cpu_conv`): its direct
+    /// forward and weight gradient, Burn's input gradient. Equals `conv_train_ms` where that
+    /// layer does not apply (GPU devices).
     pub conv_train_segkit_ms: f64,
     /// The input gradient alone, as Burn's autodiff computes it (a transposed convolution).
     pub input_grad_ms: f64,

@@ -70,7 +70,7 @@ pub fn run(a: Args) -> Result<i32> {
             g / (p.conv_forward_segkit_ms / 1e3)
         );
         println!(
-            "  segkit's conv layer   {:8.1} ms  {:6.1} GFLOP/s (weight gradient as one GEMM)",
+            "  segkit's conv layer   {:8.1} ms  {:6.1} GFLOP/s (forward+backward, cpu_conv.rs)",
             p.conv_train_segkit_ms,
             3.0 * g / (p.conv_train_segkit_ms / 1e3)
         );
