@@ -115,7 +115,7 @@ fn direct_conv_f32(
     };
     let [n, c_in, h, w] = x.layout().shape().dims();
     let [c_out, c_in_w, kh, kw] = weight.layout().shape().dims();
-    if c_in_w != c_in || n * c_in * c_out == 0 {
+    if c_in_w != c_in || n * c_in * c_out * h * w == 0 {
         return None;
     }
     let (hp, wp) = (h + 2 * pad[0], w + 2 * pad[1]);
@@ -219,7 +219,7 @@ fn weight_grad_f32(x: &FlexTensor, dy: &FlexTensor, kernel: [usize; 2], pad: [us
     let [n_g, c_out, h_out, w_out] = dy.layout().shape().dims();
     let [kh, kw] = kernel;
     let (hp, wp) = (h + 2 * pad[0], w + 2 * pad[1]);
-    if n_g != n || n * c_in * c_out * h_out * w_out == 0 || hp + 1 != h_out + kh || wp + 1 != w_out + kw {
+    if n_g != n || n * c_in * c_out * h * w * h_out * w_out == 0 || hp + 1 != h_out + kh || wp + 1 != w_out + kw {
         return None;
     }
     // Worth it where the im2col would be large next to the weights (big maps, FCN's first layers
