@@ -552,6 +552,44 @@ mod tests {
         }
     }
 
+    /// The two direct kernels return a result (they must not silently fall back) and match flex's
+    /// own convolution and the tensor-op gradient, on flex tensors directly.
+    /// `(n, c_in, c_out, h, w, k, pad)`; every case here is a large map next to the layer width.
+    #[test]
+    fn direct_kernels_run_and_match_the_reference_paths() {
+        use burn::tensor::TensorData;
+        let mut seed = 7u32;
+        let mut data = |shape: [usize; 4]| {
+            let v: Vec<f32> = (0..shape.iter().product::<usize>())
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect();
+            FlexTensor::from_data(TensorData::new(v, shape))
+        };
+        let max_diff = |a: FlexTensor, b: FlexTensor| {
+            let (a, b) = (a.into_data().try_to_vec::<f32>().unwrap(), b.into_data().try_to_vec::<f32>().unwrap());
+            assert_eq!(a.len(), b.len());
+            let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+        };
+        for (n, c_in, c_out, h, w, k, pad) in
+            [(1, 3, 4, 12, 9, 3, 1), (2, 5, 3, 10, 10, 3, 0), (1, 2, 3, 6, 5, 3, 100), (3, 4, 2, 7, 7, 1, 0)]
+        {
+            let x = data([n, c_in, h, w]);
+            let wt = data([c_out, c_in, k, k]);
+            let y = direct_conv_f32(&x, &wt, None, [pad, pad]).expect("the direct forward applies");
+            let reference = Flex::conv2d(x.clone(), wt.clone(), None, options(pad, pad));
+            assert!(max_diff(y, reference) < 1e-5, "forward differs for {:?}", (n, c_in, c_out, h, w, k, pad));
+            let (h_out, w_out) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+            let dy = data([n, c_out, h_out, w_out]);
+            let dw = weight_grad_f32(&x, &dy, [k, k], [pad, pad]).expect("the direct gradient applies");
+            let reference = weight_grad::<Flex>(x, dy, Shape::new([c_out, c_in, k, k]), [pad, pad]);
+            assert!(max_diff(dw, reference) < 1e-5, "weight gradient differs for {:?}", (n, c_in, c_out, h, w, k, pad));
+        }
+    }
+
     /// GPU devices and strided layers keep Burn's own path.
     #[test]
     fn only_stride_one_layers_take_the_gemm_path() {
