@@ -462,12 +462,12 @@ fn on_flex(x: &Tensor<4>) -> bool {
     ENABLED.load(Ordering::Relaxed) && matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
 }
 
-/// Whether [`conv2d`] takes the GEMM-gradient path for this layer and input.
+/// Whether [`conv2d`] takes segkit's path (direct forward, own gradients) for this layer and input.
 pub fn applies(conv: &Conv2d, x: &Tensor<4>) -> bool {
     on_flex(x) && gemm_padding(conv).is_some()
 }
 
-/// `conv.forward(x)`, with the GEMM weight gradient where it [`applies`].
+/// `conv.forward(x)`, through segkit's kernels where it [`applies`].
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     match gemm_padding(conv) {
         Some([ph, pw]) if on_flex(&x) => {

@@ -45,7 +45,7 @@ pub struct Args {
     /// against the matrix product of the same FLOPs.
     #[arg(long, value_name = "CHANNELS")]
     conv: Option<usize>,
-    /// Use Burn's own convolution weight gradient on the CPU instead of segkit's GEMM one
+    /// Use Burn's own convolution (forward and gradients) on the CPU instead of segkit's
     /// (segkit_models::cpu_conv), to measure the difference in one binary.
     #[arg(long)]
     burn_conv: bool,
