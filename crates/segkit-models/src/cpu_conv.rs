@@ -28,17 +28,17 @@
 use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DispatchDevice, Flex, TensorMetadata, backend_extension};
-use burn::tensor::DType;
-use burn_flex::FlexTensor;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::tensor::DType;
 use burn::tensor::{Shape, Slice, Tensor};
 use burn_autodiff::Autodiff;
+use burn_autodiff::NodeId;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_autodiff::NodeId;
+use burn_flex::FlexTensor;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Largest im2col band built at once (f32 elements; 64 MiB), so the weight gradient of FCN's
@@ -46,10 +46,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const BAND_ELEMS: usize = 16 << 20;
 
 #[backend_extension(Flex, Autodiff)]
-pub trait GemmConv: Backend {
+pub trait CpuConv: Backend {
     /// `conv2d(x, weight, bias)` with stride 1, dilation 1, one group and zero padding
     /// `pad_h`/`pad_w` on both sides.
-    fn conv2d_gemm_grad(
+    fn conv2d_stride1(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
@@ -62,8 +62,8 @@ fn options(pad_h: usize, pad_w: usize) -> ConvOptions<2> {
     ConvOptions::new([1, 1], [pad_h, pad_w], [1, 1], 1)
 }
 
-impl GemmConv for Flex {
-    fn conv2d_gemm_grad(
+impl CpuConv for Flex {
+    fn conv2d_stride1(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
@@ -115,7 +115,7 @@ fn direct_conv_f32(
     };
     let [n, c_in, h, w] = x.layout().shape().dims();
     let [c_out, c_in_w, kh, kw] = weight.layout().shape().dims();
-    if c_in_w != c_in || n * c_in * c_out * h * w == 0 {
+    if c_in_w != c_in || [n, c_in, c_out, h, w].contains(&0) {
         return None;
     }
     let (hp, wp) = (h + 2 * pad[0], w + 2 * pad[1]);
@@ -173,10 +173,7 @@ fn direct_conv_f32(
                 let src = &acc[co * len + r * wp..][..w_out];
                 // SAFETY: output rows r0..r0+rows of image b belong to this task alone.
                 let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        out_ptr.at(((b * c_out + co) * h_out + r0 + r) * w_out),
-                        w_out,
-                    )
+                    std::slice::from_raw_parts_mut(out_ptr.at(((b * c_out + co) * h_out + r0 + r) * w_out), w_out)
                 };
                 for (d, s) in dst.iter_mut().zip(src) {
                     *d = s + bv;
@@ -219,7 +216,7 @@ fn weight_grad_f32(x: &FlexTensor, dy: &FlexTensor, kernel: [usize; 2], pad: [us
     let [n_g, c_out, h_out, w_out] = dy.layout().shape().dims();
     let [kh, kw] = kernel;
     let (hp, wp) = (h + 2 * pad[0], w + 2 * pad[1]);
-    if n_g != n || n * c_in * c_out * h * w * h_out * w_out == 0 || hp + 1 != h_out + kh || wp + 1 != w_out + kw {
+    if n_g != n || [n, c_in, c_out, h, w, h_out, w_out].contains(&0) || hp + 1 != h_out + kh || wp + 1 != w_out + kw {
         return None;
     }
     // Worth it where the im2col would be large next to the weights (big maps, FCN's first layers
@@ -294,7 +291,7 @@ fn weight_grad_f32(x: &FlexTensor, dy: &FlexTensor, kernel: [usize; 2], pad: [us
     Some(out)
 }
 
-/// A backend's own weight gradient for [`GemmConv`]'s backward pass, where it has one (called on
+/// A backend's own weight gradient for [`CpuConv`]'s backward pass, where it has one (called on
 /// the inner backend, not routed through `Dispatch`); `None` falls back to [`weight_grad`].
 pub trait DirectWeightGrad: Backend {
     fn weight_grad_direct(
@@ -306,7 +303,12 @@ pub trait DirectWeightGrad: Backend {
 }
 
 impl DirectWeightGrad for Flex {
-    fn weight_grad_direct(x: &FlexTensor, grad: &FlexTensor, kernel: [usize; 2], pad: [usize; 2]) -> Option<FlexTensor> {
+    fn weight_grad_direct(
+        x: &FlexTensor,
+        grad: &FlexTensor,
+        kernel: [usize; 2],
+        pad: [usize; 2],
+    ) -> Option<FlexTensor> {
         weight_grad_f32(x, grad, kernel, pad)
     }
 }
@@ -331,12 +333,8 @@ fn weight_grad<B: Backend>(
     } else {
         let shape = Shape::new([n, c_in, h + 2 * pad[0], w + 2 * pad[1]]);
         let zeros = B::float_zeros(shape, &device, dtype.into());
-        let region = [
-            Slice::from(0..n),
-            Slice::from(0..c_in),
-            Slice::from(pad[0]..pad[0] + h),
-            Slice::from(pad[1]..pad[1] + w),
-        ];
+        let region =
+            [Slice::from(0..n), Slice::from(0..c_in), Slice::from(pad[0]..pad[0] + h), Slice::from(pad[1]..pad[1] + w)];
         B::float_slice_assign(zeros, &region, x)
     };
     let rows_per_band = (BAND_ELEMS / (n * w_out * ck).max(1)).clamp(1, h_out);
@@ -375,8 +373,8 @@ fn weight_grad<B: Backend>(
     B::float_reshape(total, weight_shape)
 }
 
-impl<B: Backend + GemmConv + DirectWeightGrad, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
-    fn conv2d_gemm_grad(
+impl<B: Backend + CpuConv + DirectWeightGrad, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
+    fn conv2d_stride1(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
@@ -384,9 +382,9 @@ impl<B: Backend + GemmConv + DirectWeightGrad, C: CheckpointStrategy> GemmConv f
         pad_w: usize,
     ) -> FloatTensor<Self> {
         #[derive(Debug)]
-        struct ConvGemmGrad;
+        struct CpuConvBackward;
 
-        impl<B: Backend + DirectWeightGrad> Backward<B, 3> for ConvGemmGrad {
+        impl<B: Backend + DirectWeightGrad> Backward<B, 3> for CpuConvBackward {
             type State = (NodeId, NodeId, NodeId, [usize; 2]);
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
@@ -413,31 +411,29 @@ impl<B: Backend + GemmConv + DirectWeightGrad, C: CheckpointStrategy> GemmConv f
             }
         }
 
-        match ConvGemmGrad.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
+        match CpuConvBackward.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let weight_state = prep.checkpoint(&weight);
                 let bias_state = prep.checkpoint(&bias);
                 prep.finish(
                     (x_state, weight_state, bias_state, [pad_h, pad_w]),
-                    B::conv2d_gemm_grad(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), pad_h, pad_w),
+                    B::conv2d_stride1(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), pad_h, pad_w),
                 )
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::conv2d_gemm_grad(
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                    pad_h,
-                    pad_w,
-                ))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_stride1(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                pad_h,
+                pad_w,
+            )),
         }
     }
 }
 
-/// The stride-1 padding of `conv` when it qualifies for [`GemmConv`] (see the module docs).
-fn gemm_padding(conv: &Conv2d) -> Option<[usize; 2]> {
+/// The stride-1 padding of `conv` when it qualifies for [`CpuConv`] (see the module docs).
+fn stride1_padding(conv: &Conv2d) -> Option<[usize; 2]> {
     if conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 || conv.bias.is_none() {
         return None;
     }
@@ -452,7 +448,7 @@ fn gemm_padding(conv: &Conv2d) -> Option<[usize; 2]> {
 /// own path against this one in the same binary.
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns the GEMM weight gradient on or off for every later forward pass in this process.
+/// Turns segkit's CPU convolution on or off for every later forward pass in this process.
 pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
@@ -464,15 +460,15 @@ fn on_flex(x: &Tensor<4>) -> bool {
 
 /// Whether [`conv2d`] takes segkit's path (direct forward, own gradients) for this layer and input.
 pub fn applies(conv: &Conv2d, x: &Tensor<4>) -> bool {
-    on_flex(x) && gemm_padding(conv).is_some()
+    on_flex(x) && stride1_padding(conv).is_some()
 }
 
 /// `conv.forward(x)`, through segkit's kernels where it [`applies`].
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    match gemm_padding(conv) {
+    match stride1_padding(conv) {
         Some([ph, pw]) if on_flex(&x) => {
-            let bias = conv.bias.as_ref().expect("gemm_padding checked the bias").val();
-            let y = burn::backend::Dispatch::conv2d_gemm_grad(
+            let bias = conv.bias.as_ref().expect("stride1_padding checked the bias").val();
+            let y = burn::backend::Dispatch::conv2d_stride1(
                 x.into_dispatch(),
                 conv.weight.val().into_dispatch(),
                 bias.into_dispatch(),
@@ -514,7 +510,7 @@ mod tests {
             Distribution::Normal(0.0, 1.0),
             &device,
         );
-        assert!(applies(&conv, &x), "case {case:?} should take the GEMM path");
+        assert!(applies(&conv, &x), "case {case:?} should take segkit's path");
 
         let run = |y: Tensor<4>| {
             let grads = (y.clone() * out_w.clone()).sum().backward();
@@ -534,7 +530,7 @@ mod tests {
     }
 
     #[test]
-    fn gemm_weight_gradient_matches_burns_conv() {
+    fn values_and_gradients_match_burns_conv() {
         for case in [
             (1, 3, 4, 9, 11, 3, 1),  // VGG's 3x3, padding 1, non-square
             (2, 5, 3, 8, 8, 3, 0),   // U-Net's unpadded 3x3, batch summed
@@ -546,7 +542,7 @@ mod tests {
             // 64 outputs at a padded width of 302: the direct kernel splits the 40 output rows into
             // tiles of 13 (the last one shorter).
             (1, 3, 64, 40, 300, 3, 1),
-            (2, 8, 5, 1, 1, 3, 1),   // a 1x1 image, all padding
+            (2, 8, 5, 1, 1, 3, 1), // a 1x1 image, all padding
         ] {
             check(case);
         }
@@ -592,7 +588,7 @@ mod tests {
 
     /// GPU devices and strided layers keep Burn's own path.
     #[test]
-    fn only_stride_one_layers_take_the_gemm_path() {
+    fn only_stride_one_layers_take_segkits_path() {
         let device = Device::flex();
         let x = Tensor::<4>::zeros([1, 2, 8, 8], &device);
         let plain = Conv2dConfig::new([2, 2], [3, 3]).init(&device);
