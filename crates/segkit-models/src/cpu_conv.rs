@@ -460,13 +460,13 @@ fn on_flex(x: &Tensor<4>) -> bool {
 
 /// Whether [`conv2d`] takes segkit's path (direct forward, own gradients) for this layer and input.
 pub fn applies(conv: &Conv2d, x: &Tensor<4>) -> bool {
-    on_flex(x) && stride1_padding(conv).is_some()
+    on_flex(x) && stride1_padding(conv).is_some() && !x.dims().contains(&0)
 }
 
 /// `conv.forward(x)`, through segkit's kernels where it [`applies`].
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     match stride1_padding(conv) {
-        Some([ph, pw]) if on_flex(&x) => {
+        Some([ph, pw]) if applies(conv, &x) => {
             let bias = conv.bias.as_ref().expect("stride1_padding checked the bias").val();
             let y = burn::backend::Dispatch::conv2d_stride1(
                 x.into_dispatch(),
@@ -586,7 +586,7 @@ mod tests {
         }
     }
 
-    /// GPU devices and strided layers keep Burn's own path.
+    /// Strided, bias-less, "same"-padded layers and empty inputs keep Burn's own path.
     #[test]
     fn only_stride_one_layers_take_segkits_path() {
         let device = Device::flex();
@@ -599,5 +599,7 @@ mod tests {
         assert!(!applies(&no_bias, &x));
         let same = Conv2dConfig::new([2, 2], [3, 3]).with_padding(PaddingConfig2d::Same).init(&device);
         assert!(!applies(&same, &x));
+        // An empty batch stays with Burn (the kernels assume at least one element).
+        assert!(!applies(&plain, &Tensor::<4>::zeros([0, 2, 8, 8], &device)));
     }
 }

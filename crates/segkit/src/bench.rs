@@ -16,21 +16,21 @@ pub struct Args {
     /// Input size, H or HxW.
     #[arg(long)]
     size: String,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     batch: usize,
     /// Classes (default 21 for FCN, 2 for U-Net).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     classes: Option<usize>,
     /// Input channels (default 3 for FCN, 1 for U-Net).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     in_channels: Option<usize>,
     /// Width of the first level (64 = the paper's model).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     base_width: usize,
     #[arg(long, default_value = "auto")]
     device: String,
     /// Timed steps.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     steps: usize,
     /// Untimed warm-up steps (autotune, kernel compilation).
     #[arg(long, default_value_t = 3)]
@@ -43,12 +43,21 @@ pub struct Args {
     json: bool,
     /// Instead of a model: one 3x3 convolution with this many channels in and out, at --size,
     /// against the matrix product of the same FLOPs.
-    #[arg(long, value_name = "CHANNELS")]
+    #[arg(long, value_name = "CHANNELS", value_parser = at_least_one)]
     conv: Option<usize>,
     /// Use Burn's own convolution (forward and gradients) on the CPU instead of segkit's
     /// (segkit_models::cpu_conv), to measure the difference in one binary.
     #[arg(long)]
     burn_conv: bool,
+}
+
+/// Counts and sizes on the command line: a zero would only reach the kernels as a panic.
+fn at_least_one(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
 }
 
 pub fn run(a: Args) -> Result<i32> {

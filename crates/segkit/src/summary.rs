@@ -36,7 +36,10 @@ pub struct Args {
 }
 
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
-    let parse = |v: &str| v.trim().parse::<usize>().with_context(|| format!("bad size `{s}`: expected H or HxW"));
+    let parse = |v: &str| match v.trim().parse::<usize>() {
+        Ok(0) => bail!("bad size `{s}`: sizes are at least 1 pixel"),
+        r => r.with_context(|| format!("bad size `{s}`: expected H or HxW")),
+    };
     match s.split_once(['x', 'X']) {
         Some((h, w)) => Ok((parse(h)?, parse(w)?)),
         None => {

@@ -38,6 +38,19 @@ fn invalid_input_is_an_error_with_exit_status() {
     let o = segkit(&["train", "--set", "train.lr=-1", "--device", "cpu"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("train.lr"), "{}", text(&o));
+    // Zero sizes and counts are errors naming the value, not panics in the kernels. Clap's usage
+    // errors exit with 2 as well.
+    for (args, says) in [
+        (&["bench", "--conv", "8", "--size", "0", "--device", "cpu"][..], "bad size `0`"),
+        (&["bench", "--conv", "0", "--size", "8", "--device", "cpu"][..], "--conv"),
+        (&["bench", "--model", "unet", "--size", "188", "--batch", "0", "--device", "cpu"][..], "--batch"),
+        (&["bench", "--model", "fcn8s", "--size", "32", "--steps", "0", "--device", "cpu"][..], "--steps"),
+        (&["summary", "--model", "fcn8s", "--size", "0x32"][..], "bad size `0x32`"),
+    ] {
+        let o = segkit(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(says) && !text(&o).contains("panicked"), "{args:?}: {}", text(&o));
+    }
 }
 
 #[test]
