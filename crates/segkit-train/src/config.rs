@@ -168,8 +168,8 @@ impl RunConfig {
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return Err("train.lr must be positive".into());
         }
-        if !["auto", "cpu", "wgpu", "vulkan"].contains(&t.device.as_str()) {
-            return Err(format!("train.device = {:?}: expected auto, cpu, wgpu or vulkan", t.device));
+        if !crate::device::NAMES.contains(&t.device.as_str()) {
+            return Err(format!("train.device = {:?}: expected one of {}", t.device, crate::device::NAMES.join(", ")));
         }
         if self.augment.scale_min <= 0.0 || self.augment.scale_max < self.augment.scale_min {
             return Err("augment.scale_min must be positive and at most augment.scale_max".into());

@@ -1,9 +1,23 @@
 //! Picking the device: a real GPU through wgpu when there is one, else Burn's CPU backend.
+//!
+//! Device names (`train.device`, `--device`):
+//! - `cpu`: Burn's flex backend.
+//! - `wgpu`: Burn's wgpu runtime on the graphics API it prefers (Vulkan on Linux and Windows,
+//!   where cubecl compiles kernels to SPIR-V; Metal on macOS).
+//! - `vulkan`: pinned to Vulkan (SPIR-V), a discrete GPU first.
+//! - `opengl`: pinned to OpenGL, where cubecl compiles kernels to WGSL (translated to GLSL by
+//!   naga). This is the WGSL compiler path; on a CPU-only machine it runs on Mesa's llvmpipe.
+//! - `auto`: a discrete or integrated GPU through wgpu, else the CPU. Software adapters
+//!   (lavapipe, llvmpipe) are never chosen by `auto`: flex is much faster than they are.
 
 use burn::prelude::*;
 use burn::tensor::DeviceKind;
+use burn::tensor::wgpu::{WgpuBackend, wgpu};
 
 use crate::TrainError;
+
+/// The device names `select` accepts.
+pub const NAMES: [&str; 5] = ["auto", "cpu", "wgpu", "vulkan", "opengl"];
 
 /// Whether `device` runs a tiny computation. Creating a wgpu device without an adapter panics
 /// inside the runtime, so the probe catches the panic (and keeps its message off the terminal).
@@ -25,16 +39,37 @@ fn cpu() -> (Device, String) {
     (Device::flex(), format!("CPU (Burn flex backend, {threads} threads)"))
 }
 
-/// `auto`, `cpu`, `wgpu` or `vulkan`, and a line saying what was chosen.
+/// The wgpu device on OpenGL (default adapter). Burn has no lazy constructor for it, so it is
+/// initialised once per process and kept: a runtime cannot be registered twice.
+fn opengl() -> Option<Device> {
+    static GL: std::sync::OnceLock<Option<Device>> = std::sync::OnceLock::new();
+    GL.get_or_init(|| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let made = std::panic::catch_unwind(|| {
+            Device::wgpu_options().graphics_api(WgpuBackend::Gl).device_kind(DeviceKind::DefaultDevice).init()
+        });
+        std::panic::set_hook(hook);
+        made.ok().and_then(Result::ok)
+    })
+    .clone()
+}
+
+/// `auto`, `cpu`, `wgpu`, `vulkan` or `opengl`, and a line saying what was chosen (with the
+/// adapter's name and driver for a GPU).
 pub fn select(name: &str) -> Result<(Device, String), TrainError> {
+    let with_adapter = |what: &str, api: Api| match adapter_for(api) {
+        Some(a) => format!("{what}: {}", a.describe()),
+        None => what.to_string(),
+    };
     match name {
         "cpu" => Ok(cpu()),
         "wgpu" => {
             let d = Device::wgpu(DeviceKind::DefaultDevice);
             if works(&d) {
-                Ok((d, "GPU through wgpu (default adapter, WGSL/auto compiler)".into()))
+                Ok((d, with_adapter("GPU through wgpu (default adapter)", Api::Auto)))
             } else {
-                Err(TrainError::Device("no wgpu adapter could be opened; use --device cpu".into()))
+                Err(TrainError::Device(format!("no wgpu adapter could be opened; {}", no_adapter_hint())))
             }
         }
         "vulkan" => {
@@ -43,12 +78,19 @@ pub fn select(name: &str) -> Result<(Device, String), TrainError> {
             {
                 let d = Device::vulkan(kind);
                 if works(&d) {
-                    return Ok((d, format!("GPU through Vulkan/SPIR-V ({what})")));
+                    return Ok((d, with_adapter(&format!("GPU through Vulkan/SPIR-V ({what})"), Api::Vulkan)));
                 }
             }
-            Err(TrainError::Device(
-                "no Vulkan adapter could be opened (is a Vulkan driver installed?); use --device cpu".into(),
-            ))
+            Err(TrainError::Device(format!("no Vulkan adapter could be opened; {}", no_adapter_hint())))
+        }
+        "opengl" => {
+            if let Some(d) = opengl().filter(works) {
+                return Ok((d, with_adapter("GPU through OpenGL/WGSL (default adapter)", Api::OpenGl)));
+            }
+            Err(TrainError::Device(format!(
+                "no OpenGL adapter could be opened (wgpu needs EGL and OpenGL 4.3 or ES 3.1); {}",
+                no_adapter_hint()
+            )))
         }
         "auto" => {
             // Only real GPUs: a software rasteriser (llvmpipe, lavapipe) is slower than flex.
@@ -63,6 +105,124 @@ pub fn select(name: &str) -> Result<(Device, String), TrainError> {
             let (d, what) = cpu();
             Ok((d, format!("{what}; no GPU adapter found")))
         }
-        other => Err(TrainError::Device(format!("unknown device `{other}`: expected auto, cpu, wgpu or vulkan"))),
+        other => Err(TrainError::Device(format!("unknown device `{other}`: expected one of {}", NAMES.join(", ")))),
+    }
+}
+
+fn no_adapter_hint() -> &'static str {
+    "use --device cpu, or install a GPU driver (scripts/install-vulkan-cpu.sh installs Mesa's software \
+     Vulkan and OpenGL, for testing)"
+}
+
+/// Which graphics API a device name goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Auto,
+    Vulkan,
+    OpenGl,
+}
+
+impl Api {
+    /// The API behind a device name; `None` for the CPU and `auto`.
+    pub fn of(device: &str) -> Option<Api> {
+        match device {
+            "wgpu" => Some(Api::Auto),
+            "vulkan" => Some(Api::Vulkan),
+            "opengl" => Some(Api::OpenGl),
+            _ => None,
+        }
+    }
+}
+
+/// One adapter as the graphics API reports it: enough to name a driver in an error message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterInfo {
+    pub api: &'static str,
+    pub name: String,
+    pub kind: &'static str,
+    pub driver: String,
+    pub driver_info: String,
+}
+
+impl AdapterInfo {
+    /// "llvmpipe (LLVM 15.0.6, 256 bits), CPU adapter, Vulkan, driver llvmpipe (Mesa 25.0.7)".
+    pub fn describe(&self) -> String {
+        let driver = match (self.driver.is_empty(), self.driver_info.is_empty()) {
+            (false, false) => format!(", driver {} ({})", self.driver, self.driver_info),
+            (false, true) => format!(", driver {}", self.driver),
+            (true, false) => format!(", driver {}", self.driver_info),
+            (true, true) => String::new(),
+        };
+        format!("{}, {} adapter, {}{driver}", self.name, self.kind, self.api)
+    }
+
+    /// Whether this is Mesa's software rasteriser (lavapipe on Vulkan, llvmpipe on OpenGL).
+    pub fn is_software(&self) -> bool {
+        self.kind == "CPU" || self.name.contains("llvmpipe")
+    }
+}
+
+/// Every adapter wgpu sees on Vulkan and OpenGL, without compiling any kernel (so no driver bug
+/// in a shader compiler can crash this). Empty when there are none.
+pub fn adapters() -> Vec<AdapterInfo> {
+    let mut out = Vec::new();
+    for (backend, api) in [(wgpu::Backends::VULKAN, "Vulkan"), (wgpu::Backends::GL, "OpenGL")] {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: backend,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        for a in block_on(instance.enumerate_adapters(backend)) {
+            let i = a.get_info();
+            out.push(AdapterInfo {
+                api,
+                name: i.name,
+                kind: match i.device_type {
+                    wgpu::DeviceType::DiscreteGpu => "discrete GPU",
+                    wgpu::DeviceType::IntegratedGpu => "integrated GPU",
+                    wgpu::DeviceType::VirtualGpu => "virtual GPU",
+                    wgpu::DeviceType::Cpu => "CPU",
+                    wgpu::DeviceType::Other => "other",
+                },
+                driver: i.driver,
+                driver_info: i.driver_info,
+            });
+        }
+    }
+    out
+}
+
+/// The adapter a device name opens, as far as it can be told without opening it: a discrete GPU
+/// when there is one, else the first adapter on that API.
+pub fn adapter_for(api: Api) -> Option<AdapterInfo> {
+    let all = adapters();
+    let on: Vec<&AdapterInfo> = all
+        .iter()
+        .filter(|a| match api {
+            Api::Auto | Api::Vulkan => a.api == "Vulkan",
+            Api::OpenGl => a.api == "OpenGL",
+        })
+        .collect();
+    let on = if on.is_empty() && api == Api::Auto { all.iter().collect() } else { on };
+    on.iter().find(|a| a.kind == "discrete GPU").or(on.first()).map(|a| (*a).clone())
+}
+
+/// Runs a future that native wgpu resolves at once (adapter enumeration) on this thread.
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
     }
 }

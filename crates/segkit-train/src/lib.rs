@@ -20,6 +20,7 @@ pub mod optim;
 pub mod params;
 pub mod plot;
 pub mod predict;
+pub mod selftest;
 pub mod torchfile;
 pub mod trainer;
 

@@ -1,76 +1,145 @@
-//! The GPU code path on a CPU machine: Burn's wgpu backend on Mesa's software Vulkan (lavapipe,
-//! package `mesa-vulkan-drivers`). Skipped, with a message, where no Vulkan adapter opens.
+//! The GPU code path on a CPU machine: `segkit_train::selftest` (every model kind's forward and
+//! gradients, training steps, cross-device resume, predict, all against flex) on Mesa's software
+//! adapters, one child process per graphics API: `vulkan` (cubecl's SPIR-V compiler, lavapipe)
+//! and `opengl` (cubecl's WGSL compiler through naga, llvmpipe). `scripts/install-vulkan-cpu.sh`
+//! installs both.
 //!
-//! The body runs in a child process: Debian 12's lavapipe (Mesa 22.3) crashes with SIGSEGV while
-//! compiling wgpu's compute pipelines, inside the driver, and a crash must not take the whole
-//! test binary down. A child killed by a signal is reported as a driver problem and skipped; a
-//! child that fails an assertion fails the test.
+//! Each API runs in a child process because a driver that crashes while compiling a kernel takes
+//! its process down (SIGSEGV), and that must not take the whole test binary with it:
+//! - a check that fails (wrong values, an error) fails the test, always;
+//! - no adapter: a skip with the install command; with `CI=true` a failure, so that CI cannot go
+//!   green without a software driver;
+//! - a driver crash (the child killed by a signal): reported with the detected driver. Both of
+//!   Mesa 25.0's software drivers crash on kernels that Burn's compilers emit (docs/GPU.md:
+//!   cubecl 0.11.3's SPIR-V for shared memory is invalid on drivers without
+//!   VK_KHR_workgroup_memory_explicit_layout; llvmpipe's GLSL compiler crashes on an autotune
+//!   candidate). Those are upstream bugs, so a crash is a loud skip, not a failure, unless
+//!   `SEGKIT_GPU_TESTS=require` asks for the GPU path to pass end to end.
 
-use burn::module::Module;
-use burn::optim::GradientsParams;
-use burn::prelude::*;
-use burn::tensor::{DeviceKind, Distribution, TensorData};
-use segkit_models::SegModel;
-use segkit_train::RunConfig;
-use segkit_train::device::works;
-use segkit_train::loss::{Reduction, cross_entropy};
-use segkit_train::optim::Optimizer;
-use segkit_train::params::{collect, load, to_f32};
+use segkit_train::device::{Api, adapter_for, works};
+use segkit_train::selftest;
 
-#[test]
-fn wgpu_smoke_test() {
+/// How long one API's checks may take before they count as hung (kernel compilation on a software
+/// driver is slow: minutes with a cold autotune cache); `SEGKIT_GPU_TEST_TIMEOUT` seconds.
+fn time_limit() -> std::time::Duration {
+    let s = std::env::var("SEGKIT_GPU_TEST_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(900);
+    std::time::Duration::from_secs(s)
+}
+
+fn child(api: &str) {
+    use std::io::Read;
     let exe = std::env::current_exe().expect("test binary path");
-    let out = std::process::Command::new(exe)
-        .args(["--exact", "wgpu_matches_the_cpu_backend_and_trains", "--ignored", "--nocapture"])
-        .output()
+    let mut proc = std::process::Command::new(exe)
+        .args(["--exact", "gpu_checks_in_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("SEGKIT_TEST_GPU", api)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("running the test binary");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    match out.status.code() {
-        Some(0) => {
-            if text.contains("skipping") {
-                eprintln!("skipping the wgpu smoke test: no Vulkan adapter (install mesa-vulkan-drivers for lavapipe)");
-            }
+    let (mut so, mut se) = (proc.stdout.take().unwrap(), proc.stderr.take().unwrap());
+    let readers = (
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = so.read_to_end(&mut b);
+            b
+        }),
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = se.read_to_end(&mut b);
+            b
+        }),
+    );
+    let deadline = std::time::Instant::now() + time_limit();
+    let status = loop {
+        if let Some(st) = proc.try_wait().expect("waiting for the child") {
+            break Some(st);
         }
-        Some(code) => panic!("the wgpu smoke test failed (exit {code}):\n{text}"),
-        None => eprintln!(
-            "skipping the wgpu smoke test: the Vulkan driver crashed the child process (a signal, not a test failure); \
-             Mesa 22.3's lavapipe does this while compiling compute pipelines"
-        ),
+        if std::time::Instant::now() > deadline {
+            let _ = proc.kill();
+            let _ = proc.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let out = (readers.0.join().unwrap(), readers.1.join().unwrap());
+    let text = format!("{}{}", String::from_utf8_lossy(&out.0), String::from_utf8_lossy(&out.1));
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let require = std::env::var("SEGKIT_GPU_TESTS").is_ok_and(|v| v == "require");
+    let driver = Api::of(api).and_then(adapter_for).map_or("no adapter".to_string(), |a| a.describe());
+    let Some(status) = status else {
+        let why = format!(
+            "the {api} checks on {driver} did not finish within {:?} (kernel compilation on a software \
+             driver; SEGKIT_GPU_TEST_TIMEOUT raises the limit). Checks that ran:\n{text}",
+            time_limit()
+        );
+        assert!(!require, "{why}");
+        eprintln!("GPU tests on {api} did not finish: {why}");
+        return;
+    };
+    match status.code() {
+        Some(0) if text.contains("NO-ADAPTER") => {
+            let why = format!(
+                "no {api} adapter; run scripts/install-vulkan-cpu.sh (Mesa's lavapipe and llvmpipe) to run the GPU tests"
+            );
+            assert!(!ci && !require, "{why} (CI=true: the GPU tests must run)");
+            eprintln!("skipping the {api} GPU tests: {why}");
+        }
+        Some(0) => eprintln!("{api} GPU tests passed on {driver}:\n{text}"),
+        Some(code) => panic!("the {api} GPU tests failed (exit {code}) on {driver}:\n{text}"),
+        None => {
+            let why = format!(
+                "the {api} driver ({driver}) crashed in a kernel compilation (killed by a signal); \
+                 known upstream bugs, see docs/GPU.md. Checks that ran before the crash:\n{text}"
+            );
+            assert!(!require, "{why}");
+            eprintln!("GPU tests on {api} did not finish: {why}");
+        }
     }
 }
 
 #[test]
-#[ignore = "run in a child process by wgpu_smoke_test"]
-fn wgpu_matches_the_cpu_backend_and_trains() {
-    let gpu = Device::vulkan(DeviceKind::Cpu);
-    if !works(&gpu) {
-        eprintln!("skipping the wgpu smoke test: no Vulkan adapter (install mesa-vulkan-drivers for lavapipe)");
-        return;
-    }
-    let cfg = RunConfig::quickstart(&["model.depth=2".into(), "model.base_width=4".into()]).unwrap();
-    let cpu = Device::flex();
-    let model_cpu = SegModel::new(&cfg.model, &cpu).unwrap();
-    let (model_gpu, report) = load(SegModel::new(&cfg.model, &gpu).unwrap(), &collect(&model_cpu));
-    assert!(report.missing.is_empty());
-    let x = Tensor::<4>::random([2, 3, 16, 16], Distribution::Normal(0.0, 1.0), &cpu);
-    let x_gpu = Tensor::<4>::from_data(x.to_data(), &gpu);
-    let (a, b) = (to_f32(model_cpu.forward(x)), to_f32(model_gpu.forward(x_gpu)));
-    let diff = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-    assert!(diff < 1e-3, "wgpu and flex differ by {diff}");
+fn gpu_path_on_vulkan_spirv() {
+    child("vulkan");
+}
 
-    // One training step on the GPU path: finite loss, weights move.
-    let ad = gpu.clone().autodiff();
-    let model = SegModel::new(&cfg.model, &ad).unwrap();
-    let before = collect(&model);
-    let x = Tensor::<4>::random([2, 3, 16, 16], Distribution::Normal(0.0, 1.0), &ad);
-    let labels: Vec<i64> = (0..2 * 16 * 16).map(|i| (i % 4) as i64).collect();
-    let y = Tensor::<3, Int>::from_data(TensorData::new(labels, [2, 16, 16]), &ad);
-    let loss = cross_entropy(model.forward(x), y, 255, None, Reduction::Mean);
-    assert!(to_f32(loss.clone().inner())[0].is_finite());
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let mut opt = Optimizer::new(cfg.optim_settings());
-    let model = opt.step(1e-2, model, grads);
-    let after = collect(&model);
-    assert_ne!(before["final_conv.weight"].values, after["final_conv.weight"].values);
-    assert!(model.num_params() > 0);
+#[test]
+fn gpu_path_on_opengl_wgsl() {
+    child("opengl");
+}
+
+#[test]
+#[ignore = "run in a child process by gpu_path_on_*"]
+fn gpu_checks_in_child() {
+    let api = std::env::var("SEGKIT_TEST_GPU").expect("SEGKIT_TEST_GPU names the device");
+    let opened = segkit_train::device::select(&api);
+    let Ok((device, _)) = opened else {
+        println!("NO-ADAPTER");
+        return;
+    };
+    assert!(works(&device));
+    let scratch = std::env::temp_dir().join(format!("segkit-gpu-test-{api}-{}", std::process::id()));
+    let results = selftest::run(&api, &scratch, &mut |r| {
+        println!("{} {} {:.1}s {}", if r.passed { "PASS" } else { "FAIL" }, r.name, r.seconds, r.detail)
+    })
+    .expect("the selftest runs");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let failed: Vec<_> = results.iter().filter(|r| !r.passed).map(|r| r.name.as_str()).collect();
+    assert!(failed.is_empty(), "failed checks: {failed:?}");
+    // Every model kind and every training check ran.
+    assert_eq!(results.len(), 2 * selftest::model_cases().len() + 5, "{results:?}");
+}
+
+/// The comparisons themselves: a relative difference the GPU tests would accept, and ones they
+/// would not (so that a broken comparison cannot let a wrong kernel through).
+#[test]
+fn rel_diff_is_relative_to_the_reference_scale() {
+    let check = |a: &[f32], b: &[f32], want: f64| {
+        let got = selftest::rel_diff(a, b);
+        assert!((got - want).abs() < 1e-6 || (got.is_infinite() && want.is_infinite()), "{a:?} {b:?}: {got} != {want}");
+    };
+    check(&[1.0, 2.0], &[1.0, 2.0], 0.0);
+    check(&[1.0, 2.1], &[1.0, 2.0], 0.05);
+    check(&[0.0, 0.5], &[0.0, -1.0], 1.5);
+    check(&[f32::NAN], &[1.0], f64::INFINITY);
+    check(&[1.0], &[1.0, 2.0], f64::INFINITY);
 }

@@ -1,7 +1,8 @@
 //! Opening a GPU safely. A GPU driver can crash the process (SIGSEGV) while compiling compute
-//! kernels, which no error handling can catch; Debian 12's software Vulkan (lavapipe, Mesa 22.3)
-//! does so with wgpu. So before a GPU device is used, a child `segkit` process opens it and runs
-//! a tiny training step; only if the child survives does this process use the device.
+//! kernels, which no error handling can catch: Mesa's lavapipe does so on the SPIR-V that cubecl
+//! 0.11.3 emits for shared memory on drivers without VK_KHR_workgroup_memory_explicit_layout
+//! (docs/GPU.md). So before a GPU device is used, a child `segkit` process opens it and runs a
+//! tiny training step; only if the child survives does this process use the device.
 
 use std::process::Command;
 
@@ -47,9 +48,26 @@ pub fn vet(name: &str) -> Result<String> {
             eprintln!("the GPU driver crashed while compiling a test kernel; using the CPU (--device cpu)");
             Ok("cpu".to_string())
         }
-        None => bail!(
-            "the {name} driver crashed while compiling a test kernel (a driver bug: Mesa 22.3's lavapipe does this); \
-             use --device cpu, or another driver"
-        ),
+        None => bail!("{}", crash_message(name)),
     }
+}
+
+/// What a crashed probe means, naming the adapter and driver that were detected.
+pub fn crash_message(name: &str) -> String {
+    let detected = segkit_train::device::Api::of(name).and_then(segkit_train::device::adapter_for);
+    let Some(a) = detected else {
+        return format!(
+            "the {name} driver crashed while compiling a test kernel (no adapter could be identified); \
+             use --device cpu, or another driver"
+        );
+    };
+    let hint = if a.is_software() && a.api == "Vulkan" {
+        " This is a known problem: cubecl 0.11.3 (Burn's GPU compiler) emits invalid SPIR-V for shared \
+         memory on Vulkan drivers without VK_KHR_workgroup_memory_explicit_layout, such as lavapipe, \
+         and the driver crashes on it (docs/GPU.md). Use --device cpu (--device opengl takes the WGSL \
+         compiler instead, but Mesa 25.0's llvmpipe compiles its kernels very slowly and can crash too)."
+    } else {
+        " Use --device cpu, or another driver."
+    };
+    format!("the {name} driver crashed while compiling a test kernel; detected adapter: {}.{hint}", a.describe())
 }

@@ -13,6 +13,7 @@ mod export;
 mod import;
 mod predict;
 mod progress;
+mod selftest;
 mod summary;
 mod train;
 
@@ -44,6 +45,8 @@ enum Command {
     Import(import::Args),
     /// Time training or inference steps (median ms/step, images/s, TFLOP/s, peak memory).
     Bench(bench::Args),
+    /// Check the GPU path against the CPU: forward, gradients, training, resume and predict.
+    Selftest(selftest::Args),
     /// Internal: open a device in a child process (see device.rs).
     #[command(name = "__probe-device", hide = true)]
     ProbeDevice { name: String },
@@ -62,6 +65,7 @@ fn main() {
         Command::Eval(a) => eval::run(a),
         Command::ProbeDevice { name } => device::probe_child(&name),
         Command::Bench(a) => bench::run(a),
+        Command::Selftest(a) => selftest::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Export(a) => export::run(a),

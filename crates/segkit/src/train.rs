@@ -19,7 +19,7 @@ pub struct Args {
     /// Override a config key, e.g. --set train.lr=0.001 --set data.root=../data/camvid.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// auto (a GPU if there is one, else CPU), cpu, wgpu or vulkan.
+    /// auto (a GPU if there is one, else CPU), cpu, wgpu, vulkan or opengl.
     #[arg(long)]
     device: Option<String>,
     /// Continue the run in this directory from its last checkpoint.

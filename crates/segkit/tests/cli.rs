@@ -70,3 +70,27 @@ fn synth_then_check() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["problems"][0].as_str().unwrap().contains("stray.png"));
 }
+
+/// An explicitly requested GPU that cannot be used is an error (exit 2) that says what was
+/// found: no adapter, or the detected adapter and driver when its driver crashes (Mesa 25.0's
+/// lavapipe does, docs/GPU.md); never a segfault of segkit itself. Where the driver works, the
+/// probe passes and a two-step run finishes.
+#[test]
+fn an_unusable_gpu_is_an_error_naming_the_driver() {
+    let out = scratch("gpu-error");
+    let dir = format!("train.out_dir={:?}", out.display().to_string());
+    let o = segkit(&["train", "--device", "vulkan", "--set", "train.max_steps=2", "--set", &dir]);
+    let t = text(&o);
+    match o.status.code() {
+        Some(0) => assert!(t.contains("device: GPU through Vulkan"), "{t}"),
+        Some(2) => assert!(
+            t.contains("no Vulkan adapter could be opened")
+                || (t.contains("crashed while compiling a test kernel; detected adapter:") && t.contains("Vulkan")),
+            "{t}"
+        ),
+        other => panic!("exit {other:?}: {t}"),
+    }
+    let o = segkit(&["selftest", "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("selftest compares a GPU with the CPU"));
+}

@@ -1,0 +1,462 @@
+//! The GPU path checked against the CPU (flex), check by check: what `segkit selftest` runs after
+//! a user installs a GPU driver, and what the GPU tests run on Mesa's software adapters.
+//!
+//! Every check builds the same tiny network on both devices with the same weights and data:
+//! - `forward/KIND`: logits within 1e-4 relative (of the largest CPU logit);
+//! - `gradients/KIND`: the masked, class-weighted cross-entropy (void pixels in the labels) within
+//!   1e-3 relative, and every trainable parameter's gradient within 1e-3 relative (of that
+//!   gradient's largest CPU entry);
+//! - `train/sgd`, `train/adam`: 5 steps through the real trainer (SGD with momentum, weight decay
+//!   and poly LR; Adam with cosine LR), per-step losses within 1e-3 relative;
+//! - `resume/gpu->cpu`, `resume/cpu->gpu`: a run stopped after 3 steps on one device continues on
+//!   the other with the uninterrupted run's 4th and 5th losses (1e-3 relative);
+//! - `predict`: the same mask on both, except where the CPU's two best class probabilities are
+//!   within 1e-3 of each other (a tie that float noise may break either way).
+//!
+//! Dropout is off in every check (its random masks differ between devices by design).
+//! This module does no printing: results go to the caller's callback.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use segkit_models::{ModelConfig, ModelKind, SegModel};
+
+use crate::config::RunConfig;
+use crate::loss::{Reduction, cross_entropy};
+use crate::params::{self, HostTensor, to_f32};
+use crate::trainer::{Event, Observer, Outcome, TrainOptions, train};
+use crate::{TrainError, device};
+
+/// One check's outcome.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub name: String,
+    pub passed: bool,
+    /// The largest deviation found (or why the check could not run).
+    pub detail: String,
+    pub seconds: f64,
+}
+
+/// The model cases: every kind and option the GPU kernels must handle.
+pub fn model_cases() -> Vec<(&'static str, ModelConfig, usize)> {
+    let fcn = |kind, learnable| {
+        let mut c = ModelConfig::paper(kind, 3);
+        (c.base_width, c.fc_width, c.dropout, c.learnable_upsampling) = (2, 8, 0.0, learnable);
+        c
+    };
+    let mut unet = ModelConfig::paper(ModelKind::Unet, 3);
+    (unet.base_width, unet.depth, unet.in_channels) = (2, 2, 3);
+    let unet_size = (36..).find(|&s| unet.output_size(s, s).is_ok()).expect("a valid U-Net size");
+    let mut unet_bn = unet.clone();
+    (unet_bn.padded, unet_bn.batch_norm) = (true, true);
+    vec![
+        ("fcn32s", fcn(ModelKind::Fcn32s, false), 24),
+        ("fcn16s", fcn(ModelKind::Fcn16s, false), 24),
+        ("fcn8s", fcn(ModelKind::Fcn8s, false), 24),
+        ("fcn8s-atonce", fcn(ModelKind::Fcn8sAtonce, true), 24),
+        ("unet", unet, unet_size),
+        ("unet-padded-bn", unet_bn, 16),
+    ]
+}
+
+/// Largest `|a - b|` over the largest `|b|` (the reference), so that "relative" means relative to
+/// the tensor's scale, not to entries that happen to be near zero.
+pub fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-12);
+    let diff =
+        a.iter().zip(b).fold(0f64, |m, (p, q)| if p.is_finite() { m.max((p - q).abs() as f64) } else { f64::INFINITY });
+    diff / scale
+}
+
+/// Deterministic weights for every trainable tensor (frozen bilinear upsamplers and batch-norm
+/// statistics keep their values): score layers start at zero in the models, which would make
+/// the forward check trivially pass.
+fn random_weights(model: &SegModel, seed: u64) -> std::collections::BTreeMap<String, HostTensor> {
+    struct Trainable(Vec<String>, Vec<String>);
+    impl ModuleVisitor for Trainable {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            if !container.starts_with("Enum:") {
+                self.1.push(name.to_string());
+            }
+        }
+        fn exit_module(&mut self, _name: &str, container: &str) {
+            if !container.starts_with("Enum:") {
+                self.1.pop();
+            }
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.val().is_require_grad() {
+                self.0.push(self.1.join("."));
+            }
+        }
+    }
+    let mut t = Trainable(Vec::new(), Vec::new());
+    model.visit(&mut t);
+    let mut all = params::collect(model);
+    let mut rng = StdRng::seed_from_u64(seed);
+    for path in t.0 {
+        let h = all.get_mut(&path).expect("a trainable tensor is collected");
+        let fan_in: usize = h.shape.iter().skip(1).product::<usize>().max(1);
+        let scale = if h.shape.len() > 1 { (2.0 / fan_in as f64).sqrt() } else { 0.1 };
+        for v in &mut h.values {
+            *v = ((rng.random::<f64>() * 2.0 - 1.0) * scale * 1.7) as f32;
+        }
+    }
+    all
+}
+
+/// Every trainable parameter's gradient by path.
+fn gradients(model: &SegModel, grads: &burn::tensor::Gradients) -> Vec<(String, Vec<f32>)> {
+    struct Grads<'a>(&'a burn::tensor::Gradients, Vec<String>, Vec<(String, Vec<f32>)>);
+    impl ModuleVisitor for Grads<'_> {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            if !container.starts_with("Enum:") {
+                self.1.push(name.to_string());
+            }
+        }
+        fn exit_module(&mut self, _name: &str, container: &str) {
+            if !container.starts_with("Enum:") {
+                self.1.pop();
+            }
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = param.val().grad(self.0) {
+                self.2.push((self.1.join("."), to_f32(g)));
+            }
+        }
+    }
+    let mut v = Grads(grads, Vec::new(), Vec::new());
+    model.visit(&mut v);
+    v.2
+}
+
+/// Forward and gradient checks for one model case.
+fn check_model(name: &str, cfg: &ModelConfig, size: usize, gpu: &Device, out: &mut Vec<CheckResult>) {
+    let t0 = Instant::now();
+    let cpu = Device::flex().autodiff();
+    let gpu = gpu.clone().autodiff();
+    let built = SegModel::new(cfg, &cpu).and_then(|m| SegModel::new(cfg, &gpu).map(|g| (m, g)));
+    let (m_cpu, m_gpu) = match built {
+        Ok(p) => p,
+        Err(e) => {
+            out.push(fail(&format!("forward/{name}"), e.to_string(), t0));
+            return;
+        }
+    };
+    let w = random_weights(&m_cpu, 7);
+    let (m_cpu, _) = params::load(m_cpu, &w);
+    let (m_gpu, _) = params::load(m_gpu, &w);
+
+    let mut rng = StdRng::seed_from_u64(11);
+    let [b, c] = [2, cfg.in_channels];
+    let x: Vec<f32> = (0..b * c * size * size).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    let (oh, ow) = cfg.output_size(size, size).expect("a valid size");
+    let y: Vec<i64> = (0..b * oh * ow)
+        .map(|_| if rng.random::<f32>() < 0.1 { 255 } else { rng.random_range(0..cfg.classes as i64) })
+        .collect();
+    let weights = [0.5f32, 1.0, 2.0];
+    let run = |m: &SegModel, d: &Device| {
+        let x = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, c, size, size]), d);
+        let y = Tensor::<3, Int>::from_data(TensorData::new(y.clone(), [b, oh, ow]), d);
+        let wt = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [3]), d);
+        let logits = m.forward(x);
+        let loss = cross_entropy(logits.clone(), y, 255, Some(&wt), Reduction::Mean);
+        let grads = loss.backward();
+        (to_f32(logits.inner()), to_f32(loss.inner()), gradients(m, &grads))
+    };
+    let (l_cpu, loss_cpu, g_cpu) = run(&m_cpu, &cpu);
+    let (l_gpu, loss_gpu, g_gpu) = run(&m_gpu, &gpu);
+    let fwd = rel_diff(&l_gpu, &l_cpu);
+    out.push(result(&format!("forward/{name}"), fwd <= 1e-4, format!("logits: {fwd:.2e} relative (limit 1e-4)"), t0));
+
+    let t1 = Instant::now();
+    let dl = rel_diff(&loss_gpu, &loss_cpu);
+    let mut worst = (String::from("-"), -1f64);
+    let mut missing = Vec::new();
+    for (path, g) in &g_cpu {
+        match g_gpu.iter().find(|(p, _)| p == path) {
+            Some((_, h)) => {
+                let d = rel_diff(h, g);
+                if d > worst.1 || d.is_nan() {
+                    worst = (path.clone(), d);
+                }
+            }
+            None => missing.push(path.clone()),
+        }
+    }
+    let ok = dl <= 1e-3 && (0.0..=1e-3).contains(&worst.1) && missing.is_empty() && !g_cpu.is_empty();
+    let mut detail = format!(
+        "loss {:.6} vs {:.6} ({dl:.2e}); {} gradients, worst {} {:.2e} relative (limit 1e-3)",
+        loss_gpu.first().copied().unwrap_or(f32::NAN),
+        loss_cpu.first().copied().unwrap_or(f32::NAN),
+        g_cpu.len(),
+        worst.0,
+        worst.1
+    );
+    if !missing.is_empty() {
+        detail.push_str(&format!("; no GPU gradient for {}", missing.join(", ")));
+    }
+    out.push(result(&format!("gradients/{name}"), ok, detail, t1));
+}
+
+fn result(name: &str, passed: bool, detail: String, t0: Instant) -> CheckResult {
+    CheckResult { name: name.to_string(), passed, detail, seconds: t0.elapsed().as_secs_f64() }
+}
+
+fn fail(name: &str, detail: String, t0: Instant) -> CheckResult {
+    result(name, false, detail, t0)
+}
+
+/// Per-step losses of a run; raises `stop` after step `stop_at`.
+struct Losses {
+    losses: Vec<f32>,
+    stop: Arc<AtomicBool>,
+    stop_at: usize,
+}
+
+impl Observer for Losses {
+    fn event(&mut self, e: Event<'_>) {
+        if let Event::Step { step, loss, .. } = e {
+            self.losses.push(loss);
+            if step == self.stop_at {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// A tiny training config on `device`: 16x16 synthetic images, U-Net with batch norm, 5 steps.
+fn tiny_run(out: &Path, name: &str, device: &str, optimizer: &str) -> Result<RunConfig, TrainError> {
+    let mut o: Vec<String> = [
+        "data.synth_size=16",
+        "data.synth_train=10",
+        "data.synth_val=2",
+        "augment.crop=16",
+        "model.depth=2",
+        "model.base_width=4",
+        "train.batch_size=2",
+        "train.epochs=0",
+        "train.max_steps=5",
+        "train.val_every=0",
+        "train.val_every_steps=0",
+        "train.workers=1",
+        "train.grid_images=0",
+        "train.warmup_steps=0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if optimizer == "sgd" {
+        o.extend(
+            [
+                "train.optimizer=\"sgd\"",
+                "train.lr=0.05",
+                "train.momentum=0.9",
+                "train.weight_decay=0.0005",
+                "train.schedule=\"poly\"",
+            ]
+            .map(String::from),
+        );
+    } else {
+        o.extend(["train.optimizer=\"adam\"", "train.lr=0.01", "train.schedule=\"cosine\""].map(String::from));
+    }
+    o.push(format!("train.device={device:?}"));
+    o.push(format!("name={name:?}"));
+    o.push(format!("train.out_dir={:?}", out.display().to_string()));
+    RunConfig::quickstart(&o)
+}
+
+/// Trains `cfg` (or resumes `resume`), stopping after `stop_at` steps; the losses and the run dir.
+fn losses(cfg: RunConfig, resume: Option<PathBuf>, stop_at: usize) -> Result<(Vec<f32>, PathBuf), TrainError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut obs = Losses { losses: Vec::new(), stop: stop.clone(), stop_at };
+    let out = train(cfg, TrainOptions { resume, stop }, &mut obs)?;
+    let dir = match out {
+        Outcome::Finished { run_dir, .. } | Outcome::Interrupted { run_dir, .. } => run_dir,
+    };
+    Ok((obs.losses, dir))
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    a.iter().zip(b).fold(0f64, |m, (p, q)| m.max(((p - q).abs() / q.abs().max(1e-12)) as f64))
+}
+
+fn fmt_losses(v: &[f32]) -> String {
+    v.iter().map(|l| format!("{l:.5}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Training, resume and predict checks, which go through the trainer by device name.
+fn check_training(gpu_name: &str, scratch: &Path, report: &mut dyn FnMut(&CheckResult), out: &mut Vec<CheckResult>) {
+    let mut push = |r: CheckResult, out: &mut Vec<CheckResult>| {
+        report(&r);
+        out.push(r);
+    };
+    let mut cpu_sgd = None;
+    for opt in ["sgd", "adam"] {
+        let t0 = Instant::now();
+        let name = format!("train/{opt}");
+        let pair = tiny_run(scratch, &format!("{opt}-cpu"), "cpu", opt)
+            .and_then(|c| losses(c, None, usize::MAX))
+            .and_then(|a| Ok((a, losses(tiny_run(scratch, &format!("{opt}-gpu"), gpu_name, opt)?, None, usize::MAX)?)));
+        match pair {
+            Ok(((a, dir_cpu), (b, _))) => {
+                let d = max_rel(&b, &a);
+                let ok = d <= 1e-3 && a.len() == 5;
+                let detail =
+                    format!("losses gpu [{}] cpu [{}]: {d:.2e} relative (limit 1e-3)", fmt_losses(&b), fmt_losses(&a));
+                push(result(&name, ok, detail, t0), out);
+                if opt == "sgd" {
+                    cpu_sgd = Some((a, dir_cpu));
+                }
+            }
+            Err(e) => push(fail(&name, e.to_string(), t0), out),
+        }
+    }
+    let Some((full, cpu_dir)) = cpu_sgd else { return };
+
+    // Stop after step 3 on one device, continue on the other: steps 4 and 5 as uninterrupted.
+    for (first, second, label) in [(gpu_name, "cpu", "resume/gpu->cpu"), ("cpu", gpu_name, "resume/cpu->gpu")] {
+        let t0 = Instant::now();
+        let tag = label.replace(['/', '>'], "-");
+        let run = (|| {
+            let (head, dir) = losses(tiny_run(scratch, &tag, first, "sgd")?, None, 3)?;
+            let (tail, _) = losses(tiny_run(scratch, &tag, second, "sgd")?, Some(dir), usize::MAX)?;
+            Ok::<_, TrainError>((head, tail))
+        })();
+        match run {
+            Ok((head, tail)) => {
+                let d = max_rel(&tail, &full[3.min(full.len())..]);
+                let ok = head.len() == 3 && tail.len() == 2 && d <= 1e-3;
+                let detail = format!(
+                    "steps 4-5 after the switch [{}], uninterrupted [{}]: {d:.2e} relative (limit 1e-3)",
+                    fmt_losses(&tail),
+                    fmt_losses(&full[3.min(full.len())..])
+                );
+                push(result(label, ok, detail, t0), out);
+            }
+            Err(e) => push(fail(label, e.to_string(), t0), out),
+        }
+    }
+
+    // The same checkpoint predicting on both devices.
+    let t0 = Instant::now();
+    match check_predict(&cpu_dir.join("last.safetensors"), gpu_name) {
+        Ok((ok, detail)) => push(result("predict", ok, detail, t0), out),
+        Err(e) => push(fail("predict", e.to_string(), t0), out),
+    }
+}
+
+fn check_predict(checkpoint: &Path, gpu_name: &str) -> Result<(bool, String), TrainError> {
+    let (gpu, _) = device::select(gpu_name)?;
+    let p_cpu = crate::predict::Predictor::load(checkpoint, &Device::flex())?;
+    let p_gpu = crate::predict::Predictor::load(checkpoint, &gpu)?;
+    let (w, h) = (40usize, 28usize);
+    let mut rng = StdRng::seed_from_u64(5);
+    let img = segkit_data::ImageBuf {
+        width: w,
+        height: h,
+        channels: 3,
+        data: (0..w * h * 3).map(|_| rng.random::<u8>()).collect(),
+    };
+    let a = p_cpu.probabilities(&img)?;
+    let b = p_gpu.probabilities(&img)?;
+    let classes = a.len() / (w * h);
+    let (mut differ, mut ties) = (0usize, 0usize);
+    for px in 0..w * h {
+        let pa: Vec<f32> = (0..classes).map(|c| a[c * w * h + px]).collect();
+        let pb: Vec<f32> = (0..classes).map(|c| b[c * w * h + px]).collect();
+        let arg = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap_or(0);
+        if arg(&pa) != arg(&pb) {
+            let mut sorted = pa.clone();
+            sorted.sort_by(|x, y| y.total_cmp(x));
+            if sorted.len() > 1 && sorted[0] - sorted[1] < 1e-3 {
+                ties += 1;
+            } else {
+                differ += 1;
+            }
+        }
+    }
+    let d = rel_diff(&b, &a);
+    Ok((
+        differ == 0 && d <= 1e-3,
+        format!("{w}x{h} image: {differ} pixels differ, {ties} near-ties flipped; probabilities {d:.2e} relative"),
+    ))
+}
+
+/// Runs every check on the GPU device `gpu_name` (`wgpu`, `vulkan` or `opengl`) against the CPU,
+/// writing tiny runs under `scratch`. `report` sees each result as it comes.
+pub fn run(
+    gpu_name: &str,
+    scratch: &Path,
+    report: &mut dyn FnMut(&CheckResult),
+) -> Result<Vec<CheckResult>, TrainError> {
+    if device::Api::of(gpu_name).is_none() {
+        return Err(TrainError::Device(format!(
+            "selftest compares a GPU with the CPU: expected wgpu, vulkan or opengl, not `{gpu_name}`"
+        )));
+    }
+    run_checks(gpu_name, scratch, report)
+}
+
+/// The checks against any device name, `cpu` included (the unit test below runs them CPU
+/// against CPU, where every difference must be zero, to prove the checks themselves).
+fn run_checks(
+    gpu_name: &str,
+    scratch: &Path,
+    report: &mut dyn FnMut(&CheckResult),
+) -> Result<Vec<CheckResult>, TrainError> {
+    let (gpu, _) = device::select(gpu_name)?;
+    std::fs::create_dir_all(scratch).map_err(|e| TrainError::io(scratch, e))?;
+    let mut out = Vec::new();
+    for (name, cfg, size) in model_cases() {
+        let mut here = Vec::new();
+        check_model(name, &cfg, size, &gpu, &mut here);
+        for r in here {
+            report(&r);
+            out.push(r);
+        }
+    }
+    check_training(gpu_name, scratch, report, &mut out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CPU against CPU: every check runs (all model kinds, both optimisers, both resume
+    /// directions, predict) and passes with a difference of zero, or the checks are broken.
+    #[test]
+    fn every_check_passes_cpu_against_cpu() {
+        let scratch = std::env::temp_dir().join(format!("segkit-selftest-unit-{}", std::process::id()));
+        let results = run_checks("cpu", &scratch, &mut |r| eprintln!("{} {}: {}", r.passed, r.name, r.detail)).unwrap();
+        let _ = std::fs::remove_dir_all(&scratch);
+        assert_eq!(results.len(), 2 * model_cases().len() + 5, "{results:#?}");
+        for r in &results {
+            assert!(r.passed, "{r:#?}");
+        }
+        let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+        for want in ["forward/fcn8s-atonce", "gradients/unet-padded-bn", "train/adam", "resume/cpu->gpu", "predict"] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+    }
+
+    #[test]
+    fn a_deviation_fails_the_comparison() {
+        assert!(rel_diff(&[1.0, 2.0001], &[1.0, 2.0]) < 1e-4);
+        assert!(rel_diff(&[1.0, 2.01], &[1.0, 2.0]) > 1e-3);
+        assert!(max_rel(&[1.0, 2.0], &[1.0]).is_infinite());
+    }
+}
