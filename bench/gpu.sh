@@ -24,11 +24,15 @@ SEGKIT=${SEGKIT:-$( [ -x .device/bin/segkit ] && echo .device/bin/segkit || echo
 CAMVID=${CAMVID:-$( [ -d .device/data/camvid ] && echo .device/data/camvid || echo ../shared/datasets/camvid )}
 RUNS=${RUNS:-/tmp/segkit-gpu-runs}
 mkdir -p "$RUNS"
+if ! [ -x "$SEGKIT" ]; then
+    echo "bench/gpu.sh: no segkit binary at $SEGKIT (set SEGKIT=path/to/segkit)" >&2
+    exit 2
+fi
 
 if [ $smoke = 1 ]; then
     devices=(vulkan opengl) torch_dev=cpu
     cases=("fcn8s 64 1 --base-width 4" "unet 188 1 --base-width 4")
-    train_s=60 limit=600
+    train_s=60 limit=120
 else
     devices=(wgpu vulkan) torch_dev=cuda
     cases=("fcn8s 512 8" "unet 572 4")
@@ -45,7 +49,7 @@ echo "## 1. selftest"
 echo
 echo '```'
 for d in "${devices[@]}"; do
-    timeout "$(( smoke ? 1800 : 90 ))" "$SEGKIT" selftest --device "$d" 2>&1 | tail -n 25
+    timeout "$(( smoke ? 300 : 90 ))" "$SEGKIT" selftest --device "$d" 2>&1 | tail -n 25
     echo "(selftest --device $d: exit ${PIPESTATUS[0]})"
 done
 echo '```'
@@ -63,7 +67,8 @@ try:
     r = json.loads(line)
 except Exception:
     print(f"| {case} | {mode} | {impl} | failed | | | |"); sys.exit()
-print(f"| {case} | {mode} | {impl} | {r[\"ms_per_step\"]:.1f} | {r[\"batch\"] * 1e3 / r[\"ms_per_step\"]:.1f} | {r[\"tflops\"]:.2f} | {r[\"peak_memory_mb\"]:.0f} |")' "$@"
+ms, b, tf, mem = r["ms_per_step"], r["batch"], r["tflops"], r["peak_memory_mb"]
+print(f"| {case} | {mode} | {impl} | {ms:.1f} | {b * 1e3 / ms:.1f} | {tf:.2f} | {mem:.0f} |")' "$@"
 }
 for c in "${cases[@]}"; do
     read -r model size batch extra <<<"$c"
@@ -94,7 +99,7 @@ else
     args=()
 fi
 timeout -s INT "$train_s" "$SEGKIT" train configs/fcn8s-camvid.toml --device "${devices[1]}" \
-    --set "data.root=\"$CAMVID\"" --set 'train.init_from=""' --set "train.out_dir=\"$RUNS\"" \
+    --set "data.root="$CAMVID"" --set 'train.init_from=""' --set "train.out_dir="$RUNS"" \
     --set train.val_every_steps=50 --set train.val_limit=20 --set train.epochs=1000 "${args[@]}" \
     > "$RUNS/train.log" 2>&1
 echo "exit $? (124 or 130: stopped at the time limit, as intended)"

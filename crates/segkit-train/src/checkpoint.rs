@@ -18,20 +18,46 @@ use crate::{TrainError, write_atomic};
 
 const FORMAT: &str = "segkit-checkpoint-1";
 
+/// JSON has no NaN or infinity: serde_json writes them as `null` and then refuses to read that
+/// `null` back as a number, which made a checkpoint whose history held a NaN (a validation with
+/// no training step since the last one) unreadable for good. Metrics and state floats therefore
+/// write a non-finite value as `null` and read `null` back as NaN, so every checkpoint written,
+/// by this version or the earlier one, reads back.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() { s.serialize_f64(*v) } else { s.serialize_none() }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
 /// One row of `metrics.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
     pub step: usize,
     /// Completed epochs.
     pub epoch: usize,
+    #[serde(with = "nan_as_null")]
     pub train_loss: f64,
+    #[serde(with = "nan_as_null")]
     pub val_loss: f64,
+    #[serde(with = "nan_as_null")]
     pub pixel_acc: f64,
+    #[serde(with = "nan_as_null")]
     pub mean_acc: f64,
+    #[serde(with = "nan_as_null")]
     pub mean_iou: f64,
+    #[serde(with = "nan_as_null")]
     pub fw_iou: f64,
+    #[serde(with = "nan_as_null")]
     pub mean_dice: f64,
+    #[serde(with = "nan_as_null")]
     pub lr: f64,
+    #[serde(with = "nan_as_null")]
     pub elapsed_s: f64,
 }
 
@@ -66,8 +92,10 @@ pub struct TrainState {
     pub epoch: usize,
     /// The next batch of that epoch.
     pub batch: usize,
+    #[serde(with = "nan_as_null")]
     pub best_miou: f64,
     pub best_step: usize,
+    #[serde(with = "nan_as_null")]
     pub elapsed_s: f64,
     pub optim_steps: u64,
     pub history: Vec<MetricsRow>,
@@ -196,4 +224,60 @@ pub fn read_header_metadata(path: &Path) -> Result<HashMap<String, String>, Trai
         .and_then(|m| m.as_object())
         .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(train_loss: f64) -> MetricsRow {
+        MetricsRow {
+            step: 10,
+            epoch: 1,
+            train_loss,
+            val_loss: 0.5,
+            pixel_acc: 0.9,
+            mean_acc: f64::NAN,
+            mean_iou: 0.4,
+            fw_iou: 0.8,
+            mean_dice: f64::INFINITY,
+            lr: 1e-3,
+            elapsed_s: 2.5,
+        }
+    }
+
+    /// A checkpoint whose state holds NaN and infinity (a validation with no training step
+    /// since the previous one, a class never seen) saves and loads; the non-finite values come
+    /// back as NaN, the finite ones exactly.
+    #[test]
+    fn non_finite_metrics_do_not_make_a_checkpoint_unreadable() {
+        let state =
+            TrainState { step: 10, best_miou: f64::NAN, history: vec![row(f64::NAN), row(0.25)], ..Default::default() };
+        let ck = Checkpoint {
+            model: BTreeMap::from([("w".to_string(), HostTensor { shape: vec![2], values: vec![1.0, -2.0] })]),
+            optim: BTreeMap::new(),
+            config: "name = \"x\"".into(),
+            classes: ClassInfo { names: vec!["a".into()], colors: vec![[1, 2, 3]], ignore_index: 255 },
+            state,
+        };
+        let path = std::env::temp_dir().join(format!("segkit-nan-{}.safetensors", std::process::id()));
+        ck.save(&path).unwrap();
+        let back = Checkpoint::load(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let h = &back.state.history;
+        assert!(h[0].train_loss.is_nan() && h[0].mean_acc.is_nan() && h[0].mean_dice.is_nan());
+        assert!(back.state.best_miou.is_nan());
+        assert_eq!((h[1].train_loss, h[1].val_loss, h[1].lr), (0.25, 0.5, 1e-3));
+        assert_eq!(back.model, ck.model);
+    }
+
+    /// The earlier version wrote NaN as `null` and could not read it: such checkpoints read now.
+    #[test]
+    fn nulls_written_by_the_earlier_version_read_as_nan() {
+        let json = r#"{"step":1,"epoch":0,"train_loss":null,"val_loss":0.1,"pixel_acc":0.2,"mean_acc":0.3,
+            "mean_iou":0.4,"fw_iou":0.5,"mean_dice":0.6,"lr":0.01,"elapsed_s":1.0}"#;
+        let r: MetricsRow = serde_json::from_str(json).unwrap();
+        assert!(r.train_loss.is_nan());
+        assert_eq!(r.val_loss, 0.1);
+    }
 }
