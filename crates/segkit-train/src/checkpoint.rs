@@ -99,6 +99,12 @@ pub struct TrainState {
     pub elapsed_s: f64,
     pub optim_steps: u64,
     pub history: Vec<MetricsRow>,
+    /// Sum and count of the training losses since the last validation (the next row's
+    /// `train_loss`); absent in checkpoints of earlier versions.
+    #[serde(default)]
+    pub interval_loss_sum: f64,
+    #[serde(default)]
+    pub interval_steps: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

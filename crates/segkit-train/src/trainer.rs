@@ -377,7 +377,6 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     let elapsed0 = state.elapsed_s;
     let vctx =
         ValContext { ds: &ds, samples: &val_samples, weights: weights_eval.as_ref(), sched: &sched, started, elapsed0 };
-    let mut loss_since_val = (0f64, 0usize);
     while state.step < total_steps {
         let epoch = state.epoch;
         let mut loader = spec.epoch(epoch as u64, state.batch);
@@ -432,8 +431,10 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             model = opt.step(lr, model, grads);
             state.step += 1;
             state.batch = k + 1;
-            loss_since_val.0 += group_loss as f64;
-            loss_since_val.1 += 1;
+            // In the state, so that a checkpoint carries it: after a resume, the next
+            // validation's train_loss still averages every step since the previous validation.
+            state.interval_loss_sum += group_loss as f64;
+            state.interval_steps += 1;
             let secs = tick.elapsed().as_secs_f64().max(1e-9);
             obs.event(Event::Step {
                 step: state.step,
@@ -456,7 +457,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                 break;
             }
             if t.val_every_steps > 0 && state.step % t.val_every_steps == 0 {
-                validate_and_save(&run, &model, &opt, &vctx, &mut state, epoch, &mut loss_since_val, obs)?;
+                validate_and_save(&run, &model, &opt, &vctx, &mut state, epoch, obs)?;
             }
         }
         drop(loader);
@@ -485,7 +486,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         // A step-based validation may just have covered this step.
         let done = state.history.last().is_some_and(|r| r.step == state.step);
         if due && !done {
-            validate_and_save(&run, &model, &opt, &vctx, &mut state, epochs_done, &mut loss_since_val, obs)?;
+            validate_and_save(&run, &model, &opt, &vctx, &mut state, epochs_done, obs)?;
         } else if due && finished_epoch {
             run.save(&model, &opt, &state, obs)?;
         }
@@ -512,7 +513,6 @@ fn validate_and_save(
     v: &ValContext<'_>,
     state: &mut TrainState,
     epochs_done: usize,
-    loss_since_val: &mut (f64, usize),
     obs: &mut dyn Observer,
 ) -> Result<(), TrainError> {
     let eval_model = model.valid();
@@ -524,7 +524,11 @@ fn validate_and_save(
     let row = MetricsRow {
         step: state.step,
         epoch: epochs_done,
-        train_loss: if loss_since_val.1 > 0 { loss_since_val.0 / loss_since_val.1 as f64 } else { f64::NAN },
+        train_loss: if state.interval_steps > 0 {
+            state.interval_loss_sum / state.interval_steps as f64
+        } else {
+            f64::NAN
+        },
         val_loss: pass.loss,
         pixel_acc: scores.pixel_acc,
         mean_acc: scores.mean_acc,
@@ -534,7 +538,7 @@ fn validate_and_save(
         lr: v.sched.lr(state.step.saturating_sub(1)),
         elapsed_s: v.elapsed0 + v.started.elapsed().as_secs_f64(),
     };
-    *loss_since_val = (0.0, 0);
+    (state.interval_loss_sum, state.interval_steps) = (0.0, 0);
     let best = scores.mean_iou.is_finite() && (state.history.is_empty() || scores.mean_iou > state.best_miou);
     if best {
         state.best_miou = scores.mean_iou;

@@ -106,6 +106,17 @@ fn resume_continues_exactly_and_eval_reproduces_best() {
         assert_eq!(sa, sb);
         assert!((la - lb).abs() <= 1e-4 * la.abs().max(1.0), "step {sa}: {la} uninterrupted vs {lb} resumed");
     }
+    // metrics.csv's train_loss averages every step since the previous validation, across the
+    // resume (the stop at step 3 fell inside the first validation interval, steps 1-4).
+    let col = |dir: &Path, k: usize| -> Vec<f64> {
+        let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        csv.lines().skip(1).map(|l| l.split(',').nth(k).unwrap().parse().unwrap()).collect()
+    };
+    let (ta, tb) = (col(&run_dir, 2), col(&dir_b, 2));
+    assert_eq!(ta.len(), tb.len());
+    for (x, y) in ta.iter().zip(&tb) {
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "train_loss {ta:?} uninterrupted vs {tb:?} resumed");
+    }
 
     // Eval of the best checkpoint reproduces the best validation mean IoU.
     let device = Device::flex();
