@@ -22,7 +22,7 @@ use segkit_train::selftest;
 /// How long one API's checks may take before they count as hung (kernel compilation on a software
 /// driver is slow: minutes with a cold autotune cache); `SEGKIT_GPU_TEST_TIMEOUT` seconds.
 fn time_limit() -> std::time::Duration {
-    let s = std::env::var("SEGKIT_GPU_TEST_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(900);
+    let s = std::env::var("SEGKIT_GPU_TEST_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
     std::time::Duration::from_secs(s)
 }
 
