@@ -13,6 +13,7 @@ pub mod device;
 pub mod eval;
 pub mod export;
 pub mod import;
+pub mod lock;
 pub mod loss;
 pub mod metrics;
 pub mod objects;

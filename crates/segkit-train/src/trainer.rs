@@ -277,8 +277,17 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     let mut model = SegModel::new(&cfg.model, &ad)?;
     let mut opt = Optimizer::new(cfg.optim_settings());
     let mut state = TrainState::default();
-    let dir = match &opts.resume {
+    // The lock is taken before anything is written into the directory.
+    let take_lock = |dir: &Path, notes: &mut Vec<String>| {
+        let (guard, stale) = crate::lock::acquire(dir)?;
+        if let Some(pid) = stale {
+            notes.push(format!("took over the lock left by process {pid}, which is no longer running"));
+        }
+        Ok::<_, TrainError>(guard)
+    };
+    let (dir, _lock) = match &opts.resume {
         Some(dir) => {
+            let guard = take_lock(dir, &mut notes)?;
             let path = dir.join("last.safetensors");
             let ck = Checkpoint::load(&path)?;
             let (m, report) = params::load(model, &ck.model);
@@ -301,7 +310,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             notes.push(format!("resumed from {} at step {}", path.display(), state.step));
             // The config in effect from here on (a resume may override e.g. the device).
             write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-            dir.clone()
+            (dir.clone(), guard)
         }
         None => {
             if !t.backbone_weights.is_empty() {
@@ -340,8 +349,9 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                 ));
             }
             let dir = new_run_dir(Path::new(&t.out_dir), &cfg.name)?;
+            let guard = take_lock(&dir, &mut notes)?;
             write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-            dir
+            (dir, guard)
         }
     };
     let run = Run { cfg: cfg.clone(), dir: dir.clone(), classes, device: device.clone() };
