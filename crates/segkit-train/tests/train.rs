@@ -211,3 +211,32 @@ fn validation_every_n_steps() {
     let steps: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(steps, vec!["3", "6", "8"], "{csv}");
 }
+
+/// `--resume` on a run directory that a live process is training into is refused, naming the
+/// process, and nothing in the directory is touched; a lock left by a killed process is taken
+/// over and the run continues.
+#[test]
+fn a_second_writer_is_refused_and_a_stale_lock_taken_over() {
+    let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("lock");
+    let (a, _) = run(tiny(&out, &["name=l"]), None, 2);
+    let Outcome::Interrupted { run_dir, .. } = a else { panic!("{a:?}") };
+    assert!(!run_dir.join("train.lock").exists(), "the lock is removed when the run stops");
+    let config_before = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+
+    let mut owner = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+    std::fs::write(run_dir.join("train.lock"), format!("{}\n", owner.id())).unwrap();
+    let cfg = RunConfig::load_stored(&run_dir.join("config.toml"), &["train.epochs=3".into()]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut rec = Record { losses: vec![], stop: stop.clone(), stop_at: usize::MAX };
+    let err = train(cfg.clone(), TrainOptions { resume: Some(run_dir.clone()), stop }, &mut rec).unwrap_err();
+    assert!(err.to_string().contains(&format!("another segkit process (pid {})", owner.id())), "{err}");
+    assert_eq!(std::fs::read_to_string(run_dir.join("config.toml")).unwrap(), config_before);
+
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let (b, losses) = run(cfg, Some(run_dir.clone()), usize::MAX);
+    assert!(matches!(b, Outcome::Finished { .. }), "{b:?}");
+    assert!(!losses.is_empty());
+    assert!(!run_dir.join("train.lock").exists());
+}
