@@ -59,14 +59,16 @@ echo "## 2. training and inference steps"
 echo
 echo "| case | mode | implementation | ms/step | images/s | TFLOP/s | peak MiB |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
-json_row() { # case mode impl json
+json_row() { # case mode impl json exit-status
     python3 -c '
 import json, sys
-case, mode, impl, line = sys.argv[1:5]
+case, mode, impl, line, rc = sys.argv[1:6]
 try:
     r = json.loads(line)
 except Exception:
-    print(f"| {case} | {mode} | {impl} | failed | | | |"); sys.exit()
+    rc = int(rc)
+    why = "time limit" if rc == 124 else f"crashed (signal {rc - 128})" if rc > 128 else f"failed (exit {rc})"
+    print(f"| {case} | {mode} | {impl} | {why} | | | |"); sys.exit()
 ms, b, tf, mem = r["ms_per_step"], r["batch"], r["tflops"], r["peak_memory_mb"]
 print(f"| {case} | {mode} | {impl} | {ms:.1f} | {b * 1e3 / ms:.1f} | {tf:.2f} | {mem:.0f} |")' "$@"
 }
@@ -77,14 +79,14 @@ for c in "${cases[@]}"; do
     for mode in train infer; do
         for d in "${devices[@]}"; do
             out=$(timeout "$limit" "$SEGKIT" bench --model "$model" --size "$size" --batch "$batch" ${extra:-} \
-                --device "$d" --mode "$mode" --steps 10 --warmup 3 --json 2>/dev/null | tail -n 1)
-            json_row "$model $size b$batch" "$mode" "segkit $d" "$out"
+                --device "$d" --mode "$mode" --steps 10 --warmup 3 --json 2>/dev/null; echo " rc=$?")
+            json_row "$model $size b$batch" "$mode" "segkit $d" "$(grep '^{' <<<"$out" | tail -n 1)" "${out##*rc=}"
         done
         if [ $smoke = 0 ]; then
             for cl in "" --channels-last; do
                 out=$(timeout "$limit" python3 bench/torch_bench.py --model "$model" --size "$size" --batch "$batch" \
-                    --device "$torch_dev" --mode "$mode" --steps 10 --warmup 3 --gflop "$gflop" --json $cl 2>/dev/null | tail -n 1)
-                json_row "$model $size b$batch" "$mode" "PyTorch eager fp32 ${cl:+channels_last}" "$out"
+                    --device "$torch_dev" --mode "$mode" --steps 10 --warmup 3 --gflop "$gflop" --json $cl 2>/dev/null; echo " rc=$?")
+                json_row "$model $size b$batch" "$mode" "PyTorch eager fp32 ${cl:+channels_last}" "$(grep '^{' <<<"$out" | tail -n 1)" "${out##*rc=}"
             done
         fi
     done
