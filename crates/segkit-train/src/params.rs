@@ -74,6 +74,49 @@ pub fn collect<M: Module>(module: &M) -> BTreeMap<String, HostTensor> {
     v.out
 }
 
+/// The paths of `module`'s trainable tensors (frozen ones, such as fixed bilinear upsamplers
+/// and batch-norm running statistics, are left out).
+pub fn trainable_paths<M: Module>(module: &M) -> Vec<String> {
+    struct Trainable(Path, Vec<String>);
+    impl ModuleVisitor for Trainable {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.0.enter(name, container);
+        }
+        fn exit_module(&mut self, _name: &str, container: &str) {
+            self.0.exit(container);
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.val().is_require_grad() {
+                self.1.push(self.0.get());
+            }
+        }
+    }
+    let mut v = Trainable(Path::default(), Vec::new());
+    module.visit(&mut v);
+    v.1
+}
+
+/// Every parameter's gradient in `grads` (from `loss.backward()`), by path.
+pub fn gradients<M: Module>(module: &M, grads: &burn::tensor::Gradients) -> Vec<(String, Vec<f32>)> {
+    struct Grads<'a>(&'a burn::tensor::Gradients, Path, Vec<(String, Vec<f32>)>);
+    impl ModuleVisitor for Grads<'_> {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.1.enter(name, container);
+        }
+        fn exit_module(&mut self, _name: &str, container: &str) {
+            self.1.exit(container);
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = param.val().grad(self.0) {
+                self.2.push((self.1.get(), to_f32(g)));
+            }
+        }
+    }
+    let mut v = Grads(grads, Path::default(), Vec::new());
+    module.visit(&mut v);
+    v.2
+}
+
 /// The paths and shapes of `module`'s float tensors, without reading values.
 pub fn shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
     struct Shapes(Path, BTreeMap<String, Vec<usize>>);

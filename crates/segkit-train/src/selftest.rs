@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -81,29 +80,9 @@ pub fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
 /// statistics keep their values): score layers start at zero in the models, which would make
 /// the forward check trivially pass.
 fn random_weights(model: &SegModel, seed: u64) -> std::collections::BTreeMap<String, HostTensor> {
-    struct Trainable(Vec<String>, Vec<String>);
-    impl ModuleVisitor for Trainable {
-        fn enter_module(&mut self, name: &str, container: &str) {
-            if !container.starts_with("Enum:") {
-                self.1.push(name.to_string());
-            }
-        }
-        fn exit_module(&mut self, _name: &str, container: &str) {
-            if !container.starts_with("Enum:") {
-                self.1.pop();
-            }
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if param.val().is_require_grad() {
-                self.0.push(self.1.join("."));
-            }
-        }
-    }
-    let mut t = Trainable(Vec::new(), Vec::new());
-    model.visit(&mut t);
     let mut all = params::collect(model);
     let mut rng = StdRng::seed_from_u64(seed);
-    for path in t.0 {
+    for path in params::trainable_paths(model) {
         let h = all.get_mut(&path).expect("a trainable tensor is collected");
         let fan_in: usize = h.shape.iter().skip(1).product::<usize>().max(1);
         let scale = if h.shape.len() > 1 { (2.0 / fan_in as f64).sqrt() } else { 0.1 };
@@ -112,31 +91,6 @@ fn random_weights(model: &SegModel, seed: u64) -> std::collections::BTreeMap<Str
         }
     }
     all
-}
-
-/// Every trainable parameter's gradient by path.
-fn gradients(model: &SegModel, grads: &burn::tensor::Gradients) -> Vec<(String, Vec<f32>)> {
-    struct Grads<'a>(&'a burn::tensor::Gradients, Vec<String>, Vec<(String, Vec<f32>)>);
-    impl ModuleVisitor for Grads<'_> {
-        fn enter_module(&mut self, name: &str, container: &str) {
-            if !container.starts_with("Enum:") {
-                self.1.push(name.to_string());
-            }
-        }
-        fn exit_module(&mut self, _name: &str, container: &str) {
-            if !container.starts_with("Enum:") {
-                self.1.pop();
-            }
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = param.val().grad(self.0) {
-                self.2.push((self.1.join("."), to_f32(g)));
-            }
-        }
-    }
-    let mut v = Grads(grads, Vec::new(), Vec::new());
-    model.visit(&mut v);
-    v.2
 }
 
 /// Forward and gradient checks for one model case.
@@ -171,7 +125,7 @@ fn check_model(name: &str, cfg: &ModelConfig, size: usize, gpu: &Device, out: &m
         let logits = m.forward(x);
         let loss = cross_entropy(logits.clone(), y, 255, Some(&wt), Reduction::Mean);
         let grads = loss.backward();
-        (to_f32(logits.inner()), to_f32(loss.inner()), gradients(m, &grads))
+        (to_f32(logits.inner()), to_f32(loss.inner()), params::gradients(m, &grads))
     };
     let (l_cpu, loss_cpu, g_cpu) = run(&m_cpu, &cpu);
     let (l_gpu, loss_gpu, g_gpu) = run(&m_gpu, &gpu);
