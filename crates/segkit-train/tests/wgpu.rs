@@ -26,6 +26,13 @@ fn time_limit() -> std::time::Duration {
     std::time::Duration::from_secs(s)
 }
 
+/// Straight to stderr, past the test harness's capture: a skipped GPU test must be seen in CI's
+/// log even though the test passes.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
 fn child(api: &str) {
     use std::io::Read;
     let exe = std::env::current_exe().expect("test binary path");
@@ -73,7 +80,7 @@ fn child(api: &str) {
             time_limit()
         );
         assert!(!require, "{why}");
-        eprintln!("GPU tests on {api} did not finish: {why}");
+        say(&format!("GPU tests on {api} did not finish: {why}"));
         return;
     };
     match status.code() {
@@ -82,9 +89,9 @@ fn child(api: &str) {
                 "no {api} adapter; run scripts/install-vulkan-cpu.sh (Mesa's lavapipe and llvmpipe) to run the GPU tests"
             );
             assert!(!ci && !require, "{why} (CI=true: the GPU tests must run)");
-            eprintln!("skipping the {api} GPU tests: {why}");
+            say(&format!("skipping the {api} GPU tests: {why}"));
         }
-        Some(0) => eprintln!("{api} GPU tests passed on {driver}:\n{text}"),
+        Some(0) => say(&format!("{api} GPU tests passed on {driver}:\n{text}")),
         Some(code) => panic!("the {api} GPU tests failed (exit {code}) on {driver}:\n{text}"),
         None => {
             let why = format!(
@@ -92,7 +99,7 @@ fn child(api: &str) {
                  known upstream bugs, see docs/GPU.md. Checks that ran before the crash:\n{text}"
             );
             assert!(!require, "{why}");
-            eprintln!("GPU tests on {api} did not finish: {why}");
+            say(&format!("GPU tests on {api} did not finish: {why}"));
         }
     }
 }
