@@ -233,7 +233,7 @@ fn tiny_run(out: &Path, name: &str, device: &str, optimizer: &str) -> Result<Run
 fn losses(cfg: RunConfig, resume: Option<PathBuf>, stop_at: usize) -> Result<(Vec<f32>, PathBuf), TrainError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut obs = Losses { losses: Vec::new(), stop: stop.clone(), stop_at };
-    let out = train(cfg, TrainOptions { resume, stop }, &mut obs)?;
+    let out = train(cfg, TrainOptions { resume, stop, resume_anyway: false }, &mut obs)?;
     let dir = match out {
         Outcome::Finished { run_dir, .. } | Outcome::Interrupted { run_dir, .. } => run_dir,
     };

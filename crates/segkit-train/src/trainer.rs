@@ -6,6 +6,7 @@
 //! (seed, step), and the optimiser state travels with the weights. A resumed run therefore
 //! computes the same losses as an uninterrupted one, to float noise.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +81,67 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Set by Ctrl-C: the loop saves a checkpoint at the next step boundary and returns.
     pub stop: Arc<AtomicBool>,
+    /// Resume even when the config differs from the checkpoint's in keys that change the
+    /// trajectory (model, data, batch size, optimiser, seed, ...).
+    pub resume_anyway: bool,
+}
+
+/// Keys a resume may change without changing what the steps compute: how long to train, how
+/// often to validate and save, how to load data and where to run.
+const RESUME_HARMLESS: [&str; 11] = [
+    "train.epochs",
+    "train.max_steps",
+    "train.val_every",
+    "train.val_every_steps",
+    "train.checkpoint_every",
+    "train.workers",
+    "train.prefetch",
+    "train.device",
+    "train.grid_images",
+    "train.val_limit",
+    "train.out_dir",
+];
+
+/// `section.key = value` for every key of a TOML config; an error when it does not parse.
+fn flat_config(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let t = toml::from_str::<toml::Table>(text).map_err(|e| e.to_string())?;
+    {
+        for (k, v) in t {
+            match v {
+                toml::Value::Table(sec) => {
+                    for (k2, v2) in sec {
+                        out.insert(format!("{k}.{k2}"), v2.to_string());
+                    }
+                }
+                v => {
+                    out.insert(k, v.to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The keys whose values differ between the checkpoint's config and the one in effect now:
+/// `(trajectory-changing, harmless)`, each as "key: old -> new".
+fn config_changes(stored: &str, now: &str) -> (Vec<String>, Vec<String>) {
+    let (a, b) = match (flat_config(stored), flat_config(now)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return (vec![format!("the checkpoint's config cannot be compared: {e}")], vec![]),
+    };
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let (mut bad, mut ok) = (Vec::new(), Vec::new());
+    for k in keys {
+        let (x, y) = (a.get(k), b.get(k));
+        if x == y || x.is_none() {
+            // Absent in the checkpoint: a key added by a later version, filled with its neutral value.
+            continue;
+        }
+        let line = format!("{k}: {} -> {}", x.map_or("(absent)", |v| v), y.map_or("(absent)", |v| v));
+        if RESUME_HARMLESS.contains(&k.as_str()) { ok.push(line) } else { bad.push(line) }
+    }
+    (bad, ok)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -290,6 +352,18 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             let guard = take_lock(dir, &mut notes)?;
             let path = dir.join("last.safetensors");
             let ck = Checkpoint::load(&path)?;
+            let (changed, harmless) = config_changes(&ck.config, &cfg.to_toml());
+            if !changed.is_empty() && !opts.resume_anyway {
+                return Err(TrainError::Config(format!(
+                    "{}: resuming with a config that changes the run's trajectory:\n  {}\n\
+                     resume without those --set overrides, or pass --resume-anyway to continue with them",
+                    path.display(),
+                    changed.join("\n  ")
+                )));
+            }
+            for c in changed.iter().chain(&harmless) {
+                notes.push(format!("resumed with a changed config: {c}"));
+            }
             let (m, report) = params::load(model, &ck.model);
             if !report.missing.is_empty() || !report.mismatched.is_empty() {
                 return Err(TrainError::checkpoint(

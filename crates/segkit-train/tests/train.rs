@@ -66,7 +66,7 @@ impl Observer for Record {
 fn run(cfg: RunConfig, resume: Option<PathBuf>, stop_at: usize) -> (Outcome, Vec<(usize, f32)>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut rec = Record { losses: Vec::new(), stop: stop.clone(), stop_at };
-    let out = train(cfg, TrainOptions { resume, stop }, &mut rec).unwrap();
+    let out = train(cfg, TrainOptions { resume, stop, resume_anyway: false }, &mut rec).unwrap();
     (out, rec.losses)
 }
 
@@ -136,9 +136,12 @@ fn exploding_loss_stops_with_advice() {
         &["name=nan", "train.optimizer=\"sgd\"", "train.lr=1e30", "train.warmup_steps=0", "model.batch_norm=false"],
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let err =
-        train(cfg, TrainOptions { resume: None, stop: stop.clone() }, &mut Record { losses: vec![], stop, stop_at: 0 })
-            .unwrap_err();
+    let err = train(
+        cfg,
+        TrainOptions { resume: None, stop: stop.clone(), resume_anyway: false },
+        &mut Record { losses: vec![], stop, stop_at: 0 },
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("train.lr"), "{msg}");
 }
@@ -148,10 +151,13 @@ fn empty_split_is_an_error() {
     let out = scratch("empty");
     let cfg = tiny(&out, &["name=empty", "data.synth_train=0"]);
     let stop = Arc::new(AtomicBool::new(false));
-    let err =
-        train(cfg, TrainOptions { resume: None, stop: stop.clone() }, &mut Record { losses: vec![], stop, stop_at: 0 })
-            .unwrap_err()
-            .to_string();
+    let err = train(
+        cfg,
+        TrainOptions { resume: None, stop: stop.clone(), resume_anyway: false },
+        &mut Record { losses: vec![], stop, stop_at: 0 },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("training split `train` has no samples"), "{err}");
 }
 
@@ -229,7 +235,8 @@ fn a_second_writer_is_refused_and_a_stale_lock_taken_over() {
     let cfg = RunConfig::load_stored(&run_dir.join("config.toml"), &["train.epochs=3".into()]).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut rec = Record { losses: vec![], stop: stop.clone(), stop_at: usize::MAX };
-    let err = train(cfg.clone(), TrainOptions { resume: Some(run_dir.clone()), stop }, &mut rec).unwrap_err();
+    let err = train(cfg.clone(), TrainOptions { resume: Some(run_dir.clone()), stop, resume_anyway: false }, &mut rec)
+        .unwrap_err();
     assert!(err.to_string().contains(&format!("another segkit process (pid {})", owner.id())), "{err}");
     assert_eq!(std::fs::read_to_string(run_dir.join("config.toml")).unwrap(), config_before);
 
@@ -239,4 +246,26 @@ fn a_second_writer_is_refused_and_a_stale_lock_taken_over() {
     assert!(matches!(b, Outcome::Finished { .. }), "{b:?}");
     assert!(!losses.is_empty());
     assert!(!run_dir.join("train.lock").exists());
+}
+
+/// `--resume` with overrides that change the trajectory is refused with the list of changes;
+/// `resume_anyway` continues with them; a longer run (epochs) is always allowed.
+#[test]
+fn resume_with_a_different_config_is_refused_unless_asked() {
+    let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("reconfig");
+    let (a, _) = run(tiny(&out, &["name=r"]), None, 2);
+    let Outcome::Interrupted { run_dir, .. } = a else { panic!("{a:?}") };
+    let stored = run_dir.join("config.toml");
+    let resume = |over: &[&str], anyway: bool| {
+        let cfg = RunConfig::load_stored(&stored, &over.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut rec = Record { losses: vec![], stop: stop.clone(), stop_at: 3 };
+        train(cfg, TrainOptions { resume: Some(run_dir.clone()), stop, resume_anyway: anyway }, &mut rec)
+    };
+    let err = resume(&["train.batch_size=2", "train.seed=9"], false).unwrap_err().to_string();
+    assert!(err.contains("train.batch_size: 4 -> 2") && err.contains("train.seed: 1 -> 9"), "{err}");
+    assert!(err.contains("--resume-anyway"), "{err}");
+    assert!(resume(&["train.epochs=3", "train.workers=1"], false).is_ok());
+    assert!(resume(&["train.batch_size=2"], true).is_ok());
 }

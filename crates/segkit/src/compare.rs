@@ -61,7 +61,7 @@ pub fn run(a: Args) -> Result<i32> {
             println!("== training {} ({})", path.display(), cfg.model.model);
             let nominal = Path::new(&cfg.train.out_dir).join(&cfg.name);
             let mut obs = Progress::new();
-            let outcome = train(cfg, TrainOptions { resume: None, stop: stop.clone() }, &mut obs);
+            let outcome = train(cfg, TrainOptions { resume: None, stop: stop.clone(), resume_anyway: false }, &mut obs);
             obs.finish();
             match outcome? {
                 Outcome::Finished { run_dir, .. } => {

@@ -25,6 +25,11 @@ pub struct Args {
     /// Continue the run in this directory from its last checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+    /// With --resume: continue even if --set changes keys that alter the run's trajectory
+    /// (model, data, batch size, optimiser, seed, ...). Length, validation and device changes
+    /// are always allowed.
+    #[arg(long, requires = "resume")]
+    resume_anyway: bool,
 }
 
 pub struct Progress {
@@ -165,7 +170,7 @@ pub fn run(a: Args) -> Result<i32> {
     cfg.train.device = crate::device::vet(&cfg.train.device)?;
     let stop = ctrl_c()?;
     let mut obs = Progress::new();
-    let outcome = train(cfg, TrainOptions { resume: a.resume.clone(), stop }, &mut obs);
+    let outcome = train(cfg, TrainOptions { resume: a.resume.clone(), stop, resume_anyway: a.resume_anyway }, &mut obs);
     obs.finish();
     match outcome? {
         Outcome::Finished { run_dir, steps, best_miou, best_step } => {
