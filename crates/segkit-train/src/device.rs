@@ -162,18 +162,19 @@ impl AdapterInfo {
     }
 }
 
-/// Every adapter wgpu sees on Vulkan and OpenGL, without compiling any kernel (so no driver bug
-/// in a shader compiler can crash this). Empty when there are none.
-pub fn adapters() -> Vec<AdapterInfo> {
-    let mut out = Vec::new();
-    for (backend, api) in [(wgpu::Backends::VULKAN, "Vulkan"), (wgpu::Backends::GL, "OpenGL")] {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: backend,
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        for a in block_on(instance.enumerate_adapters(backend)) {
+/// The adapters of one graphics API (`VULKAN` or `GL`) as wgpu reports them, without compiling
+/// any kernel, so that no driver bug in a shader compiler can crash this.
+fn adapters_on(backend: wgpu::Backends) -> Vec<AdapterInfo> {
+    let api = if backend == wgpu::Backends::GL { "OpenGL" } else { "Vulkan" };
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: backend,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    block_on(instance.enumerate_adapters(backend))
+        .into_iter()
+        .map(|a| {
             let i = a.get_info();
-            out.push(AdapterInfo {
+            AdapterInfo {
                 api,
                 name: i.name,
                 kind: match i.device_type {
@@ -185,25 +186,23 @@ pub fn adapters() -> Vec<AdapterInfo> {
                 },
                 driver: i.driver,
                 driver_info: i.driver_info,
-            });
-        }
-    }
-    out
+            }
+        })
+        .collect()
 }
 
 /// The adapter a device name opens, as far as it can be told without opening it: a discrete GPU
-/// when there is one, else the first adapter on that API.
+/// when there is one, else the first adapter on that API (for `Auto`: Vulkan, else OpenGL).
+/// Only the APIs needed are asked.
 pub fn adapter_for(api: Api) -> Option<AdapterInfo> {
-    let all = adapters();
-    let on: Vec<&AdapterInfo> = all
-        .iter()
-        .filter(|a| match api {
-            Api::Auto | Api::Vulkan => a.api == "Vulkan",
-            Api::OpenGl => a.api == "OpenGL",
-        })
-        .collect();
-    let on = if on.is_empty() && api == Api::Auto { all.iter().collect() } else { on };
-    on.iter().find(|a| a.kind == "discrete GPU").or(on.first()).map(|a| (*a).clone())
+    let on = match api {
+        Api::Vulkan => adapters_on(wgpu::Backends::VULKAN),
+        Api::OpenGl => adapters_on(wgpu::Backends::GL),
+        Api::Auto => Some(adapters_on(wgpu::Backends::VULKAN))
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| adapters_on(wgpu::Backends::GL)),
+    };
+    on.iter().find(|a| a.kind == "discrete GPU").or(on.first()).cloned()
 }
 
 /// Runs a future that native wgpu resolves at once (adapter enumeration) on this thread.

@@ -49,13 +49,14 @@ pub fn acquire(dir: &Path) -> Result<(RunLock, Option<u32>), TrainError> {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 match text.trim().parse::<u32>() {
                     Ok(pid) if pid != std::process::id() && alive(pid) => {
-                        return Err(TrainError::Config(format!(
-                            "{}: another segkit process (pid {pid}) is training into {}; wait for it, stop it, \
-                             or if it is gone, delete {}",
-                            path.display(),
-                            dir.display(),
-                            path.display()
-                        )));
+                        return Err(TrainError::checkpoint(
+                            &path,
+                            format!(
+                                "another segkit process (pid {pid}) is training into {}; wait for it, stop it, \
+                                 or if it is gone, delete this file",
+                                dir.display()
+                            ),
+                        ));
                     }
                     // Our own pid (a lock left by an earlier run in this process), a dead
                     // process, or an unreadable file: stale.

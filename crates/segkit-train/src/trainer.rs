@@ -105,18 +105,15 @@ const RESUME_HARMLESS: [&str; 11] = [
 /// `section.key = value` for every key of a TOML config; an error when it does not parse.
 fn flat_config(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
-    let t = toml::from_str::<toml::Table>(text).map_err(|e| e.to_string())?;
-    {
-        for (k, v) in t {
-            match v {
-                toml::Value::Table(sec) => {
-                    for (k2, v2) in sec {
-                        out.insert(format!("{k}.{k2}"), v2.to_string());
-                    }
+    for (k, v) in toml::from_str::<toml::Table>(text).map_err(|e| e.to_string())? {
+        match v {
+            toml::Value::Table(sec) => {
+                for (k2, v2) in sec {
+                    out.insert(format!("{k}.{k2}"), v2.to_string());
                 }
-                v => {
-                    out.insert(k, v.to_string());
-                }
+            }
+            v => {
+                out.insert(k, v.to_string());
             }
         }
     }
