@@ -119,7 +119,7 @@ def torch_check(path, arch):
 def main(path):
     with safe_open(path, framework="numpy") as f:
         meta = f.metadata() or {}
-        if meta.get("format") != "segkit-export-1":
+        if meta.get("format") not in ("segkit-export-1", "segkit-export-2"):
             print(f"{path}: no segkit metadata")
             return 1
         arch = json.loads(meta["architecture"])

@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use crate::params::HostTensor;
 use crate::{TrainError, write_atomic};
 
-const FORMAT: &str = "segkit-checkpoint-1";
+/// Version 2 carries a payload checksum, which its reader requires; version 1 files (no
+/// checksum) still read.
+const FORMAT: &str = "segkit-checkpoint-2";
+const FORMAT_V1: &str = "segkit-checkpoint-1";
 
 /// JSON has no NaN or infinity: serde_json writes them as `null` and then refuses to read that
 /// `null` back as a number, which made a checkpoint whose history held a NaN (a validation with
@@ -105,6 +108,9 @@ pub struct TrainState {
     pub interval_loss_sum: f64,
     #[serde(default)]
     pub interval_steps: usize,
+    /// Steps skipped for a non-finite loss or gradient (`train.skip_nonfinite`).
+    #[serde(default)]
+    pub skipped: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -130,7 +136,10 @@ pub fn bytes_of(v: &[f32]) -> Vec<u8> {
 }
 
 impl Checkpoint {
-    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+    /// Writes the checkpoint to `path`. The file it replaces is kept as `previous` (when
+    /// given) until the new one is complete, so a checkpoint that later turns out unreadable
+    /// has a fallback one save older.
+    pub fn save(&self, path: &Path, previous: Option<&Path>) -> Result<(), TrainError> {
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (k, t) in &self.model {
             tensors.push((format!("model.{k}"), t.shape.clone(), bytes_of(&t.values)));
@@ -144,14 +153,18 @@ impl Checkpoint {
             ("classes".to_string(), serde_json::to_string(&self.classes).expect("serialisable")),
             ("state".to_string(), serde_json::to_string(&self.state).expect("serialisable")),
         ]);
-        write_safetensors(path, &tensors, Dtype::F32, meta)
+        let bytes = safetensors_bytes(path, &tensors, Dtype::F32, meta)?;
+        match previous {
+            Some(prev) => crate::write_atomic_keep_previous(path, prev, &bytes),
+            None => write_atomic(path, &bytes),
+        }
     }
 
     /// The config, classes and training state of a checkpoint, reading only the file's header.
     pub fn read_meta(path: &Path) -> Result<(String, ClassInfo, TrainState), TrainError> {
         let bad = |m: String| TrainError::checkpoint(path, m);
         let meta = read_header_metadata(path)?;
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        if !matches!(meta.get("format").map(String::as_str), Some(FORMAT | FORMAT_V1)) {
             return Err(bad(
                 "not a segkit checkpoint (no segkit metadata); exported weights go through `segkit predict`".into(),
             ));
@@ -166,7 +179,8 @@ impl Checkpoint {
         let (config, classes, state) = Self::read_meta(path)?;
         let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
         let bad = |m: String| TrainError::checkpoint(path, m);
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        verify_checksum(path, &bytes)?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(describe_unreadable(&e, bytes.len())))?;
         let mut model = BTreeMap::new();
         let mut optim = BTreeMap::new();
         for (name, view) in st.tensors() {
@@ -194,20 +208,104 @@ pub fn read_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
 }
 
 /// Writes `(name, shape, little-endian bytes)` tensors of one `dtype` with `meta` to `path`,
-/// atomically. Every safetensors file segkit writes goes through here.
+/// atomically, with a payload checksum. Every safetensors file segkit writes goes through here.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, Vec<usize>, Vec<u8>)],
     dtype: Dtype,
     meta: HashMap<String, String>,
 ) -> Result<(), TrainError> {
+    write_atomic(path, &safetensors_bytes(path, tensors, dtype, meta)?)
+}
+
+/// The bytes of a safetensors file holding `tensors` and `meta`, plus a `checksum` entry.
+fn safetensors_bytes(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    dtype: Dtype,
+    mut meta: HashMap<String, String>,
+) -> Result<Vec<u8>, TrainError> {
     let views = tensors
         .iter()
         .map(|(k, s, b)| Ok((k.clone(), TensorView::new(dtype, s.clone(), b)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
-    write_atomic(path, &bytes)
+    let sum = checksum(views.iter().map(|(k, v)| (k.as_str(), v)), &meta);
+    meta.insert(CHECKSUM_KEY.to_string(), sum);
+    safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::checkpoint(path, e.to_string()))
+}
+
+/// The metadata key of the payload checksum.
+const CHECKSUM_KEY: &str = "checksum";
+
+/// File formats whose writers always add the checksum.
+const CHECKSUMMED: [&str; 2] = [FORMAT, crate::export::FORMAT];
+
+/// `crc32:XXXXXXXX` over every tensor (name, dtype, shape, bytes) in name order and every other
+/// metadata entry in key order: a flipped bit anywhere but in the header's offsets (which the
+/// safetensors reader checks itself) changes it.
+fn checksum<'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a TensorView<'a>)>,
+    meta: &HashMap<String, String>,
+) -> String {
+    let mut tensors: Vec<_> = tensors.collect();
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = crc32fast::Hasher::new();
+    for (name, view) in tensors {
+        h.update(name.as_bytes());
+        h.update(format!("{:?}{:?}", view.dtype(), view.shape()).as_bytes());
+        h.update(view.data());
+    }
+    let mut keys: Vec<_> = meta.keys().filter(|k| k.as_str() != CHECKSUM_KEY).collect();
+    keys.sort();
+    for k in keys {
+        h.update(k.as_bytes());
+        h.update(&[0]);
+        h.update(meta[k].as_bytes());
+        h.update(&[0]);
+    }
+    format!("crc32:{:08x}", h.finalize())
+}
+
+/// Checks the checksum segkit wrote into the metadata of the safetensors file `bytes` (read
+/// from `path`). Files without one pass (written by other tools, or by segkit before
+/// checksums) unless their `format` is one of the versions that always carry one: a checksum
+/// key damaged out of recognition must not switch the check off.
+pub fn verify_checksum(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let bad = |m: String| TrainError::checkpoint(path, m);
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(describe_unreadable(&e, bytes.len())))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(describe_unreadable(&e, bytes.len())))?;
+    let Some(meta) = header.metadata() else { return Ok(()) };
+    let Some(stored) = meta.get(CHECKSUM_KEY) else {
+        let format = meta.get("format").map(String::as_str);
+        if format.is_some_and(|f| CHECKSUMMED.contains(&f)) {
+            return Err(bad("the file is corrupt: its checksum is missing from the metadata".into()));
+        }
+        return Ok(());
+    };
+    let views = st.tensors();
+    let computed = checksum(views.iter().map(|(k, v)| (k.as_str(), v)), meta);
+    if &computed != stored {
+        return Err(bad(format!(
+            "the file is corrupt: its checksum is {stored} but its contents give {computed} \
+             (a flipped bit, or a copy that went wrong); use another checkpoint"
+        )));
+    }
+    Ok(())
+}
+
+/// Why the safetensors reader rejected a file, in a user's words.
+pub fn describe_unreadable(e: &safetensors::SafeTensorError, len: usize) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::MetadataIncompleteBuffer | E::HeaderTooSmall | E::InvalidHeaderLength => {
+            format!("the file is truncated or not a safetensors file ({len} bytes; {e})")
+        }
+        E::InvalidHeader(_) | E::InvalidHeaderStart | E::InvalidHeaderDeserialization(_) => {
+            format!("not a safetensors file, or its header is corrupt ({e})")
+        }
+        _ => format!("unreadable safetensors file ({e})"),
+    }
 }
 
 /// The `__metadata__` of a safetensors file, reading only its header (a checkpoint of FCN is
@@ -267,7 +365,7 @@ mod tests {
             state,
         };
         let path = std::env::temp_dir().join(format!("segkit-nan-{}.safetensors", std::process::id()));
-        ck.save(&path).unwrap();
+        ck.save(&path, None).unwrap();
         let back = Checkpoint::load(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         let h = &back.state.history;

@@ -65,6 +65,9 @@ pub struct TrainConfig {
     pub val_every_steps: usize,
     /// Also write the last checkpoint every this many optimiser steps (0: at validations only).
     pub checkpoint_every: usize,
+    /// Steps with a non-finite loss or gradient to skip (no update) before the run stops (0:
+    /// stop at the first).
+    pub skip_nonfinite: usize,
     /// Loader threads.
     pub workers: usize,
     pub prefetch: usize,
@@ -159,6 +162,13 @@ impl RunConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.model.validate().map_err(|e| e.to_string())?;
         let t = &self.train;
+        let plain = Path::new(&self.name).file_name().is_some_and(|f| f == self.name.as_str());
+        if !plain || self.name == "." || self.name.contains('\\') {
+            return Err(format!(
+                "name = {:?}: the run's folder name under train.out_dir, a single name without / or ..",
+                self.name
+            ));
+        }
         if t.batch_size == 0 || t.accum_steps == 0 {
             return Err("train.batch_size and train.accum_steps must be at least 1".into());
         }

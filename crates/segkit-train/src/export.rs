@@ -22,7 +22,9 @@ use crate::checkpoint::{ClassInfo, read_f32, read_header_metadata, write_safeten
 use crate::config::RunConfig;
 use crate::params::{self, HostTensor};
 
-const FORMAT: &str = "segkit-export-1";
+/// Version 2 carries a payload checksum (see `checkpoint::verify_checksum`).
+pub(crate) const FORMAT: &str = "segkit-export-2";
+const FORMAT_V1: &str = "segkit-export-1";
 
 /// segkit parameter path -> PyTorch state-dict name.
 pub fn torch_name(path: &str) -> String {
@@ -38,7 +40,7 @@ fn segkit_names(model: &SegModel) -> BTreeMap<String, String> {
 
 /// Whether `path` is a file written by [`export`].
 pub fn is_export(path: &Path) -> bool {
-    read_header_metadata(path).is_ok_and(|m| m.get("format").is_some_and(|f| f == FORMAT))
+    read_header_metadata(path).is_ok_and(|m| m.get("format").is_some_and(|f| f == FORMAT || f == FORMAT_V1))
 }
 
 /// Writes `model` to `out` under PyTorch names, f32 or (`half`) f16.
@@ -83,8 +85,9 @@ pub fn load_torch_names(
     path: &Path,
 ) -> Result<(SegModel, params::LoadReport, Vec<String>), TrainError> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    crate::checkpoint::verify_checksum(path, &bytes)?;
     let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| TrainError::checkpoint(path, format!("not a safetensors file ({e})")))?;
+        .map_err(|e| TrainError::checkpoint(path, crate::checkpoint::describe_unreadable(&e, bytes.len())))?;
     let names = segkit_names(&model);
     let mut source = BTreeMap::new();
     let mut unused = Vec::new();

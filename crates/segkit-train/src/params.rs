@@ -117,6 +117,26 @@ pub fn gradients<M: Module>(module: &M, grads: &burn::tensor::Gradients) -> Vec<
     v.2
 }
 
+/// Whether every gradient in `grads` is finite: one reduction per tensor, one number read back
+/// (a NaN or infinity anywhere makes the total non-finite).
+pub fn gradients_finite<M: Module>(module: &M, grads: &burn::optim::GradientsParams) -> bool {
+    struct Total<'a>(&'a burn::optim::GradientsParams, Option<Tensor<1>>);
+    impl ModuleVisitor for Total<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                let s = g.abs().sum();
+                self.1 = Some(match self.1.take() {
+                    Some(t) => t + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    let mut v = Total(grads, None);
+    module.visit(&mut v);
+    v.1.is_none_or(|t| to_f32(t)[0].is_finite())
+}
+
 /// The paths and shapes of `module`'s float tensors, without reading values.
 pub fn shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
     struct Shapes(Path, BTreeMap<String, Vec<usize>>);

@@ -13,13 +13,13 @@ use crate::TrainError;
 use crate::params::HostTensor;
 
 fn u16le(b: &[u8], at: usize) -> Option<usize> {
-    b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+    b.get(at..at.checked_add(2)?).map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
 }
 fn u32le(b: &[u8], at: usize) -> Option<usize> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
+    b.get(at..at.checked_add(4)?).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
 }
 fn u64le(b: &[u8], at: usize) -> Option<usize> {
-    b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")) as usize)
+    b.get(at..at.checked_add(8)?).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")) as usize)
 }
 
 /// The stored (uncompressed) entries of a zip archive, by name.
@@ -31,8 +31,8 @@ fn zip_entries(b: &[u8]) -> Result<BTreeMap<String, &[u8]>, String> {
     let mut dir = u32le(b, eocd + 16).ok_or("truncated zip directory")?;
     if (count == 0xFFFF || dir == 0xFFFF_FFFF) && eocd >= 20 && b[eocd - 20..].starts_with(&[0x50, 0x4b, 0x06, 0x07]) {
         let rec = u64le(b, eocd - 12).ok_or("truncated zip64 locator")?;
-        count = u64le(b, rec + 32).ok_or("truncated zip64 directory")?;
-        dir = u64le(b, rec + 48).ok_or("truncated zip64 directory")?;
+        count = u64le(b, rec.saturating_add(32)).ok_or("truncated zip64 directory")?;
+        dir = u64le(b, rec.saturating_add(48)).ok_or("truncated zip64 directory")?;
     }
     let mut out = BTreeMap::new();
     let mut p = dir;
@@ -67,8 +67,11 @@ fn zip_entries(b: &[u8]) -> Result<BTreeMap<String, &[u8]>, String> {
         if method != 0 {
             return Err(format!("entry {name} is compressed (method {method}); torch.save writes stored entries"));
         }
-        let start = local + 30 + u16le(b, local + 26).ok_or("x")? + u16le(b, local + 28).ok_or("x")?;
-        let data = b.get(start..start + size).ok_or_else(|| format!("entry {name} runs past the end of the file"))?;
+        let past_end = || format!("entry {name} runs past the end of the file");
+        let header = local.checked_add(30).ok_or_else(past_end)?;
+        let start = header + u16le(b, local.saturating_add(26)).ok_or_else(past_end)?
+            + u16le(b, local.saturating_add(28)).ok_or_else(past_end)?;
+        let data = b.get(start..start.checked_add(size).ok_or_else(past_end)?).ok_or_else(past_end)?;
         out.insert(name, data);
         p += 46 + n + e + c;
     }
@@ -103,8 +106,50 @@ fn as_usize_vec(v: &V) -> Option<Vec<usize>> {
     }
 }
 
+/// How deep pickle values may nest: a state dict needs 4 or 5 levels; the limit keeps the
+/// recursive walks (and drops) of a crafted file's values off the end of the stack.
+const MAX_DEPTH: usize = 32;
+
+/// Nesting depth of `v` (1 for a scalar); values never nest deeper than `MAX_DEPTH + 1`.
+fn depth(v: &V) -> usize {
+    match v {
+        V::Tuple(items) | V::List(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        V::Dict(items) => 1 + items.iter().map(|(k, v)| depth(k).max(depth(v))).max().unwrap_or(0),
+        _ => 1,
+    }
+}
+
+/// Values in `v`, counting containers and scalars alike.
+fn size(v: &V) -> usize {
+    match v {
+        V::Tuple(items) | V::List(items) => 1 + items.iter().map(size).sum::<usize>(),
+        V::Dict(items) => 1 + items.iter().map(|(k, v)| size(k) + size(v)).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+/// An error when putting `v` into a container would nest values deeper than `MAX_DEPTH`.
+fn nestable(v: &V) -> Result<(), String> {
+    if depth(v) >= MAX_DEPTH {
+        return Err(format!("pickle values nest deeper than {MAX_DEPTH} levels (a crafted file?)"));
+    }
+    Ok(())
+}
+
 /// Runs the pickle in `data` and returns its top value.
+///
+/// Python shares a memoised value; this reader copies it, so a crafted pickle could double its
+/// values with every few bytes. Copies are therefore budgeted (a few values per byte of pickle,
+/// far above what a state dict uses), and nesting is limited: arbitrary bytes give an error,
+/// never an unbounded allocation or a stack overflow.
 fn unpickle(data: &[u8]) -> Result<V, String> {
+    let mut budget = 1_000_000usize.saturating_add(data.len().saturating_mul(8));
+    let mut copy = |v: &V| -> Result<V, String> {
+        budget = budget
+            .checked_sub(size(v))
+            .ok_or("pickle memo copies exceed the size budget (a crafted file?)")?;
+        Ok(v.clone())
+    };
     let mut stack: Vec<V> = Vec::new();
     let mut memo: BTreeMap<usize, V> = BTreeMap::new();
     let mut i = 0;
@@ -186,32 +231,34 @@ fn unpickle(data: &[u8]) -> Result<V, String> {
             }
             b'q' => {
                 let k = take(&mut i, 1)?[0] as usize;
-                memo.insert(k, stack.last().cloned().ok_or("BINPUT on empty stack")?);
+                memo.insert(k, copy(stack.last().ok_or("BINPUT on empty stack")?)?);
             }
             b'r' => {
                 let k = u32le(take(&mut i, 4)?, 0).expect("4 bytes");
-                memo.insert(k, stack.last().cloned().ok_or("LONG_BINPUT on empty stack")?);
+                memo.insert(k, copy(stack.last().ok_or("LONG_BINPUT on empty stack")?)?);
             }
             0x94 => {
                 let k = memo.len();
-                memo.insert(k, stack.last().cloned().ok_or("MEMOIZE on empty stack")?);
+                memo.insert(k, copy(stack.last().ok_or("MEMOIZE on empty stack")?)?);
             }
             b'h' => {
                 let k = take(&mut i, 1)?[0] as usize;
-                stack.push(memo.get(&k).cloned().ok_or("BINGET of an unknown memo")?);
+                stack.push(copy(memo.get(&k).ok_or("BINGET of an unknown memo")?)?);
             }
             b'j' => {
                 let k = u32le(take(&mut i, 4)?, 0).expect("4 bytes");
-                stack.push(memo.get(&k).cloned().ok_or("LONG_BINGET of an unknown memo")?);
+                stack.push(copy(memo.get(&k).ok_or("LONG_BINGET of an unknown memo")?)?);
             }
             b't' => {
                 let items = pop_mark(&mut stack)?;
+                items.iter().try_for_each(nestable)?;
                 stack.push(V::Tuple(items));
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
                 let at = stack.len().checked_sub(n).ok_or("pickle stack underflow")?;
                 let items = stack.split_off(at);
+                items.iter().try_for_each(nestable)?;
                 stack.push(V::Tuple(items));
             }
             b'Q' => {
@@ -254,12 +301,15 @@ fn unpickle(data: &[u8]) -> Result<V, String> {
             }
             b's' => {
                 let (v, k) = (pop(&mut stack)?, pop(&mut stack)?);
+                nestable(&k)?;
+                nestable(&v)?;
                 if let Some(V::Dict(d)) = stack.last_mut() {
                     d.push((k, v));
                 }
             }
             b'u' => {
                 let items = pop_mark(&mut stack)?;
+                items.iter().try_for_each(nestable)?;
                 if let Some(V::Dict(d)) = stack.last_mut() {
                     let mut it = items.into_iter();
                     while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -269,12 +319,14 @@ fn unpickle(data: &[u8]) -> Result<V, String> {
             }
             b'a' => {
                 let v = pop(&mut stack)?;
+                nestable(&v)?;
                 if let Some(V::List(l)) = stack.last_mut() {
                     l.push(v);
                 }
             }
             b'e' => {
                 let items = pop_mark(&mut stack)?;
+                items.iter().try_for_each(nestable)?;
                 if let Some(V::List(l)) = stack.last_mut() {
                     l.extend(items);
                 }
@@ -293,6 +345,44 @@ fn element(dtype: &str, bytes: &[u8], index: usize) -> Option<f32> {
         "BFloat16Storage" => half::bf16::from_le_bytes(at(2)?.try_into().ok()?).to_f32(),
         _ => return None,
     })
+}
+
+/// The element count of a tensor view, checked against its storage: every index the view
+/// reaches lies inside the storage's bytes, so a header that claims 10^12 elements is an error,
+/// not a 4 TB allocation.
+fn tensor_extent(
+    name: &str,
+    dtype: &str,
+    offset: usize,
+    shape: &[usize],
+    strides: &[usize],
+    storage_bytes: usize,
+) -> Result<usize, String> {
+    let elem = match dtype {
+        "FloatStorage" => 4,
+        "DoubleStorage" => 8,
+        "HalfStorage" | "BFloat16Storage" => 2,
+        other => return Err(format!("{name}: unsupported storage type {other}")),
+    };
+    if shape.len() != strides.len() {
+        return Err(format!("{name}: shape {shape:?} and strides {strides:?} differ in length"));
+    }
+    let too_big = || format!("{name}: shape {shape:?} does not fit its storage of {storage_bytes} bytes");
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(too_big)?;
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut last = offset;
+    for (&d, &s) in shape.iter().zip(strides) {
+        last = (d - 1).checked_mul(s).and_then(|x| last.checked_add(x)).ok_or_else(too_big)?;
+    }
+    // A view with zero strides repeats elements; a state dict of weights never does, and
+    // allowing it would let a few bytes claim any size.
+    let storage = storage_bytes / elem;
+    if last >= storage || n > storage {
+        return Err(too_big());
+    }
+    Ok(n)
 }
 
 /// The float tensors of a `.pth` state dict, by name. A checkpoint that wraps its state dict
@@ -328,10 +418,11 @@ pub fn read_pth(path: &Path) -> Result<BTreeMap<String, HostTensor>, TrainError>
         let (V::Str(name), V::Tensor { key, dtype, offset, shape, strides }) = (k, v) else { continue };
         let data =
             entries.get(&format!("{prefix}data/{key}")).ok_or_else(|| bad(format!("{name}: storage {key} missing")))?;
-        let n: usize = shape.iter().product();
+        let n = tensor_extent(&name, &dtype, offset, &shape, &strides, data.len()).map_err(bad)?;
         let mut values = Vec::with_capacity(n);
         let mut idx = vec![0usize; shape.len()];
         for _ in 0..n {
+            // In range: `tensor_extent` checked the last index.
             let pos = offset + idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>();
             values.push(
                 element(&dtype, data, pos).ok_or_else(|| bad(format!("{name}: unsupported or truncated {dtype}")))?,
@@ -361,6 +452,7 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, HostTensor>, Trai
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
         TrainError::checkpoint(path, format!("neither a PyTorch .pth (zip) nor a safetensors file ({e})"))
     })?;
+    crate::checkpoint::verify_checksum(path, &bytes)?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let values =

@@ -64,6 +64,14 @@ pub enum Event<'a> {
     Saved {
         path: &'a Path,
     },
+    /// A step whose loss or gradient was not finite, skipped (`train.skip_nonfinite`): no update.
+    Skipped {
+        step: usize,
+        total: usize,
+        what: &'static str,
+        skipped: usize,
+        limit: usize,
+    },
 }
 
 pub trait Observer {
@@ -88,12 +96,13 @@ pub struct TrainOptions {
 
 /// Keys a resume may change without changing what the steps compute: how long to train, how
 /// often to validate and save, how to load data and where to run.
-const RESUME_HARMLESS: [&str; 11] = [
+const RESUME_HARMLESS: [&str; 12] = [
     "train.epochs",
     "train.max_steps",
     "train.val_every",
     "train.val_every_steps",
     "train.checkpoint_every",
+    "train.skip_nonfinite",
     "train.workers",
     "train.prefetch",
     "train.device",
@@ -171,11 +180,51 @@ fn init_weights(init_from: &str) -> Result<(PathBuf, Checkpoint), TrainError> {
     Ok((path.clone(), Checkpoint::load(&path)?))
 }
 
+/// The checkpoint a run continues from, and the one before it (kept until the next is complete).
+pub const LAST: &str = "last.safetensors";
+pub const PREVIOUS: &str = "last.previous.safetensors";
+
 struct Run {
     cfg: RunConfig,
     dir: PathBuf,
     classes: ClassInfo,
     device: Device,
+    /// The step of the newest checkpoint written or resumed from.
+    saved: std::cell::Cell<Option<usize>>,
+}
+
+/// The newest readable checkpoint of `dir`: `last`, or, when that one is unreadable (a disk
+/// error, a bad copy), the one before it, saying so in `notes`. The unreadable file is kept
+/// beside them for inspection.
+fn resume_checkpoint(dir: &Path, notes: &mut Vec<String>) -> Result<(PathBuf, Checkpoint), TrainError> {
+    let last = dir.join(LAST);
+    let e_last = match Checkpoint::load(&last) {
+        Ok(ck) => return Ok((last, ck)),
+        Err(e) => e,
+    };
+    let prev = dir.join(PREVIOUS);
+    if !prev.is_file() {
+        return Err(e_last);
+    }
+    match Checkpoint::load(&prev) {
+        Ok(ck) => {
+            let kept = dir.join("last.unreadable.safetensors");
+            if last.exists() {
+                std::fs::rename(&last, &kept).map_err(|e| TrainError::write(&kept, e))?;
+            }
+            notes.push(format!(
+                "{e_last}\n  resuming from the checkpoint before it, {} (step {}); the unreadable file is kept as {}",
+                prev.display(),
+                ck.state.step,
+                kept.display()
+            ));
+            Ok((prev, ck))
+        }
+        Err(e_prev) => Err(TrainError::checkpoint(
+            &last,
+            format!("cannot resume: {e_last}; and the checkpoint before it: {e_prev}"),
+        )),
+    }
 }
 
 impl Run {
@@ -194,15 +243,20 @@ impl Run {
             .collect();
         let mut state = state.clone();
         state.optim_steps = opt.state.steps;
+        // Batch norm's running statistics hold their latest update apart until they are
+        // synchronised, which `valid()` does: collected from the training model directly, a
+        // checkpoint would carry statistics one step old and a resumed run would validate
+        // differently from an uninterrupted one.
         let ck = Checkpoint {
-            model: params::collect(model),
+            model: params::collect(&model.valid()),
             optim,
             config: self.cfg.to_toml(),
             classes: self.classes.clone(),
             state,
         };
-        let path = self.dir.join("last.safetensors");
-        ck.save(&path)?;
+        let path = self.dir.join(LAST);
+        ck.save(&path, Some(&self.dir.join(PREVIOUS)))?;
+        self.saved.set(Some(ck.state.step));
         obs.event(Event::Saved { path: &path });
         Ok(())
     }
@@ -347,8 +401,13 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     let (dir, _lock) = match &opts.resume {
         Some(dir) => {
             let guard = take_lock(dir, &mut notes)?;
-            let path = dir.join("last.safetensors");
-            let ck = Checkpoint::load(&path)?;
+            // Temporary files of a write a kill interrupted: never renamed, so never used.
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let (path, ck) = resume_checkpoint(dir, &mut notes)?;
             let (changed, harmless) = config_changes(&ck.config, &cfg.to_toml());
             if !changed.is_empty() && !opts.resume_anyway {
                 return Err(TrainError::Config(format!(
@@ -425,7 +484,9 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             (dir, guard)
         }
     };
-    let run = Run { cfg: cfg.clone(), dir: dir.clone(), classes, device: device.clone() };
+    let resumed_at = opts.resume.as_ref().map(|_| state.step);
+    let run =
+        Run { cfg: cfg.clone(), dir: dir.clone(), classes, device: device.clone(), saved: resumed_at.into() };
 
     let batches = spec.batches_per_epoch();
     let accum = t.accum_steps;
@@ -464,6 +525,10 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         let mut acc = GradientsAccumulator::<SegModel>::new();
         let mut in_group = 0;
         let mut group_loss = 0f32;
+        // The gradients of a step without accumulation, and whether the step in progress had a
+        // non-finite loss or gradient (then it is skipped whole).
+        let mut single: Option<GradientsParams> = None;
+        let mut group_bad: Option<&'static str> = None;
         let mut tick = Instant::now();
         let mut images = 0usize;
         let mut usable = (batches / accum) * accum;
@@ -491,40 +556,79 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                 loss = loss.div_scalar(accum as f64);
             }
             let value = to_f32(loss.clone().inner())[0];
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite { step: state.step, value, run_dir: dir.clone() });
-            }
-            group_loss += value;
             images += batch.batch;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
             in_group += 1;
-            let grads = if accum > 1 {
-                acc.accumulate(&model, grads);
-                if in_group < accum.min(usable) {
-                    continue;
+            // A non-finite loss or gradient never reaches the weights: the step stops the run,
+            // or, within `train.skip_nonfinite`, is skipped whole.
+            let mut bad = (!value.is_finite()).then_some(("loss", value));
+            if bad.is_none() {
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                if !params::gradients_finite(&model, &grads) {
+                    bad = Some(("gradient", f32::NAN));
+                } else {
+                    group_loss += value;
+                    if accum > 1 {
+                        acc.accumulate(&model, grads);
+                    } else {
+                        single = Some(grads);
+                    }
                 }
-                acc.grads()
-            } else {
-                grads
-            };
+            }
+            if let Some((what, value)) = bad {
+                if group_bad.is_none() && state.skipped >= t.skip_nonfinite {
+                    return Err(TrainError::NonFinite {
+                        what,
+                        step: state.step + 1,
+                        value,
+                        lr: sched.lr(state.step),
+                        base_lr: t.lr,
+                        run_dir: dir.clone(),
+                        last_good: run.saved.get(),
+                    });
+                }
+                group_bad.get_or_insert(what);
+            }
+            if in_group < accum.min(usable) {
+                continue;
+            }
             in_group = 0;
             let lr = sched.lr(state.step);
-            model = opt.step(lr, model, grads);
+            let grads = if accum > 1 { Some(acc.grads()) } else { single.take() };
+            let updated = match (group_bad.take(), grads) {
+                (None, Some(grads)) => {
+                    model = opt.step(lr, model, grads);
+                    // In the state, so that a checkpoint carries it: after a resume, the next
+                    // validation's train_loss still averages every step since the previous one.
+                    state.interval_loss_sum += group_loss as f64;
+                    state.interval_steps += 1;
+                    true
+                }
+                (what, _) => {
+                    state.skipped += 1;
+                    obs.event(Event::Skipped {
+                        step: state.step + 1,
+                        total: total_steps,
+                        what: what.unwrap_or("loss"),
+                        skipped: state.skipped,
+                        limit: t.skip_nonfinite,
+                    });
+                    false
+                }
+            };
             state.step += 1;
             state.batch = k + 1;
-            // In the state, so that a checkpoint carries it: after a resume, the next
-            // validation's train_loss still averages every step since the previous validation.
-            state.interval_loss_sum += group_loss as f64;
-            state.interval_steps += 1;
+            crate::fault::after_step(state.step);
             let secs = tick.elapsed().as_secs_f64().max(1e-9);
-            obs.event(Event::Step {
-                step: state.step,
-                total: total_steps,
-                epoch,
-                loss: group_loss,
-                lr,
-                images_per_s: images as f64 / secs,
-            });
+            if updated {
+                obs.event(Event::Step {
+                    step: state.step,
+                    total: total_steps,
+                    epoch,
+                    loss: group_loss,
+                    lr,
+                    images_per_s: images as f64 / secs,
+                });
+            }
             (group_loss, images, tick) = (0.0, 0, Instant::now());
             let stopping = opts.stop.load(Ordering::Relaxed);
             if stopping || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0) {

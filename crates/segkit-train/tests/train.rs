@@ -63,6 +63,12 @@ impl Observer for Record {
     }
 }
 
+/// metrics.csv without its last column (elapsed seconds, the one thing a resume may change).
+fn metrics_without_time(dir: &Path) -> Vec<String> {
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    csv.lines().map(|l| l.rsplit_once(',').map_or(l, |(head, _)| head).to_string()).collect()
+}
+
 fn run(cfg: RunConfig, resume: Option<PathBuf>, stop_at: usize) -> (Outcome, Vec<(usize, f32)>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut rec = Record { losses: Vec::new(), stop: stop.clone(), stop_at };
@@ -93,29 +99,31 @@ fn resume_continues_exactly_and_eval_reproduces_best() {
     let csv = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "header and one row per epoch:\n{csv}");
 
-    // Stopped after step 3 (Ctrl-C), then resumed.
-    let (b, losses_b1) = run(tiny(&out, &["name=b"]), None, 3);
-    let Outcome::Interrupted { run_dir: dir_b, step } = b else { panic!("{b:?}") };
-    assert_eq!(step, 3);
-    let cfg_b = RunConfig::load_stored(&dir_b.join("config.toml"), &[]).unwrap();
-    let (b2, losses_b2) = run(cfg_b, Some(dir_b.clone()), usize::MAX);
-    assert!(matches!(b2, Outcome::Finished { steps: 8, .. }), "{b2:?}");
-    let resumed: Vec<(usize, f32)> = losses_b1.into_iter().chain(losses_b2).collect();
-    assert_eq!(resumed.len(), losses_a.len());
-    for ((sa, la), (sb, lb)) in losses_a.iter().zip(&resumed) {
-        assert_eq!(sa, sb);
-        assert!((la - lb).abs() <= 1e-4 * la.abs().max(1.0), "step {sa}: {la} uninterrupted vs {lb} resumed");
-    }
-    // metrics.csv's train_loss averages every step since the previous validation, across the
-    // resume (the stop at step 3 fell inside the first validation interval, steps 1-4).
-    let col = |dir: &Path, k: usize| -> Vec<f64> {
-        let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-        csv.lines().skip(1).map(|l| l.split(',').nth(k).unwrap().parse().unwrap()).collect()
-    };
-    let (ta, tb) = (col(&run_dir, 2), col(&dir_b, 2));
-    assert_eq!(ta.len(), tb.len());
-    for (x, y) in ta.iter().zip(&tb) {
-        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "train_loss {ta:?} uninterrupted vs {tb:?} resumed");
+    // Stopped (Ctrl-C) after each step in turn, at every point of the step / validation /
+    // checkpoint cycle: mid-epoch, at the last step of an epoch (before its validation), right
+    // after a validation, and at the last step of the run. Each resumed run must reproduce the
+    // uninterrupted one bit for bit: every step's loss, every metrics.csv column but the
+    // elapsed time, and every tensor of the final checkpoint (weights, batch-norm statistics,
+    // optimiser state).
+    let reference = metrics_without_time(&run_dir);
+    let final_a = segkit_train::checkpoint::Checkpoint::load(&run_dir.join("last.safetensors")).unwrap();
+    for stop_at in 1..=7 {
+        let name = format!("name=b{stop_at}");
+        let (b, losses_b1) = run(tiny(&out, &[&name]), None, stop_at);
+        let Outcome::Interrupted { run_dir: dir_b, step } = b else { panic!("{b:?}") };
+        assert_eq!(step, stop_at);
+        let cfg_b = RunConfig::load_stored(&dir_b.join("config.toml"), &[]).unwrap();
+        let (b2, losses_b2) = run(cfg_b, Some(dir_b.clone()), usize::MAX);
+        assert!(matches!(b2, Outcome::Finished { steps: 8, .. }), "{b2:?}");
+        let resumed: Vec<(usize, u32)> = losses_b1.into_iter().chain(losses_b2).map(|(s, l)| (s, l.to_bits())).collect();
+        let exact: Vec<(usize, u32)> = losses_a.iter().map(|&(s, l)| (s, l.to_bits())).collect();
+        assert_eq!(resumed, exact, "stopped after step {stop_at}: losses differ");
+        // metrics.csv's train_loss averages every step since the previous validation, across the
+        // resume; the validation columns need batch-norm statistics restored exactly.
+        assert_eq!(metrics_without_time(&dir_b), reference, "stopped after step {stop_at}: metrics.csv differs");
+        let final_b = segkit_train::checkpoint::Checkpoint::load(&dir_b.join("last.safetensors")).unwrap();
+        assert!(final_b.model == final_a.model, "stopped after step {stop_at}: final weights differ");
+        assert!(final_b.optim == final_a.optim, "stopped after step {stop_at}: final optimiser state differs");
     }
 
     // Eval of the best checkpoint reproduces the best validation mean IoU.
@@ -127,23 +135,59 @@ fn resume_continues_exactly_and_eval_reproduces_best() {
     assert!((pass.cm.scores().mean_iou - best_miou).abs() < 1e-9, "{} vs {best_miou}", pass.cm.scores().mean_iou);
 }
 
+/// Counts skipped steps besides recording losses.
+struct Skips(Record, Vec<usize>);
+impl Observer for Skips {
+    fn event(&mut self, e: Event<'_>) {
+        if let Event::Skipped { step, .. } = e {
+            self.1.push(step);
+        }
+        self.0.event(e);
+    }
+}
+
+/// An absurd learning rate: the run stops at the first non-finite loss, naming the step and the
+/// likely causes; the diverged model is not saved, so the last checkpoint is the last good one
+/// and resumes. With `train.skip_nonfinite = 2` the bad steps are skipped, two of them, then
+/// the run stops.
 #[test]
-fn exploding_loss_stops_with_advice() {
+fn exploding_loss_stops_with_advice_and_keeps_the_last_good_checkpoint() {
     let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let out = scratch("nan");
-    let cfg = tiny(
-        &out,
-        &["name=nan", "train.optimizer=\"sgd\"", "train.lr=1e30", "train.warmup_steps=0", "model.batch_norm=false"],
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let err = train(
-        cfg,
-        TrainOptions { resume: None, stop: stop.clone(), resume_anyway: false },
-        &mut Record { losses: vec![], stop, stop_at: 0 },
-    )
-    .unwrap_err();
-    let msg = err.to_string();
-    assert!(msg.contains("train.lr"), "{msg}");
+    let absurd = [
+        "train.optimizer=\"sgd\"",
+        "train.lr=1e30",
+        "train.warmup_steps=0",
+        "model.batch_norm=false",
+        "train.checkpoint_every=1",
+    ];
+    let go = |extra: &[&str], resume: Option<PathBuf>| {
+        let mut o: Vec<&str> = absurd.to_vec();
+        o.extend(extra);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut obs = Skips(Record { losses: vec![], stop: stop.clone(), stop_at: 0 }, vec![]);
+        let r = train(tiny(&out, &o), TrainOptions { resume, stop, resume_anyway: true }, &mut obs);
+        (r, obs.0.losses, obs.1)
+    };
+    let (r, losses, skipped) = go(&["name=nan"], None);
+    let msg = r.unwrap_err().to_string();
+    let bad = losses.len() + 1;
+    assert!(msg.contains(&format!("at step {bad}")) && msg.contains("train.lr"), "{msg}");
+    assert!(skipped.is_empty());
+    let dir = out.join("nan");
+    let ck = segkit_train::checkpoint::Checkpoint::load(&dir.join("last.safetensors")).unwrap();
+    assert_eq!(ck.state.step, bad - 1, "the checkpoint is the last good step's");
+    assert!(ck.model.values().all(|t| t.values.iter().all(|v| v.is_finite())), "a diverged model was saved");
+    assert!(msg.contains(&format!("The last good checkpoint (step {})", bad - 1)), "{msg}");
+    // Resumable: the same divergence happens again at the same step.
+    let (r, _, _) = go(&["name=nan"], Some(dir.clone()));
+    assert!(r.unwrap_err().to_string().contains(&format!("at step {bad}")));
+
+    let (r, losses, skipped) = go(&["name=skip", "train.skip_nonfinite=2"], None);
+    let msg = r.unwrap_err().to_string();
+    assert_eq!(skipped, vec![bad, bad + 1], "{msg}");
+    assert_eq!(losses.len(), bad - 1);
+    assert!(msg.contains(&format!("at step {}", bad + 2)), "{msg}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod device;
 mod eval;
 mod export;
 mod import;
+mod pipe;
 mod predict;
 mod progress;
 mod selftest;
@@ -57,6 +58,7 @@ enum Command {
 fn main() {
     // Before anything allocates a tensor or starts a thread (see alloc.rs).
     alloc::tune_for_tensors();
+    pipe::exit_on_closed_stdout();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Summary(a) => summary::run(a),

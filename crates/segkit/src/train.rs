@@ -131,6 +131,18 @@ impl Observer for Progress {
                 }
             }
             Event::Saved { .. } => {}
+            Event::Skipped { step, total, what, skipped, limit } => {
+                let text = format!(
+                    "warning: step {step}/{total} skipped: its {what} was not finite ({skipped} of at most {limit} skipped)"
+                );
+                match &self.bar {
+                    Some(b) => {
+                        b.set_position(step as u64);
+                        b.println(text);
+                    }
+                    None => eprintln!("{text}"),
+                }
+            }
         }
     }
 }
