@@ -103,3 +103,54 @@ pub fn deconv_params(conv: &ConvTranspose2d) -> usize {
     let w: usize = conv.weight.lazy_shape().num_elements();
     w + conv.bias.as_ref().map_or(0, |b| b.lazy_shape().num_elements())
 }
+
+/// Batch normalisation over `[B, C, H, W]` as PyTorch's `BatchNorm2d` computes it (momentum
+/// 0.1, epsilon 1e-5): normalised with the batch's biased variance while training, the running
+/// variance updated with the *unbiased* one (`n / (n - 1)`, n = B·H·W). Burn's `BatchNorm`
+/// updates it with the biased variance, so its running statistics, and every evaluation after
+/// training, drifted from PyTorch's (found by tests/parity.rs); everything else is Burn's
+/// functional batch norm. Field names are Burn's (`gamma`, `beta`, `running_mean`,
+/// `running_var`), so checkpoints of either kind load; export maps them to PyTorch's names.
+#[derive(Module, Debug)]
+pub struct BatchNorm2d {
+    pub gamma: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+    pub running_mean: burn::module::RunningState<Tensor<1>>,
+    pub running_var: burn::module::RunningState<Tensor<1>>,
+    pub momentum: f64,
+    pub epsilon: f64,
+}
+
+impl BatchNorm2d {
+    pub fn new(channels: usize, device: &Device) -> Self {
+        Self {
+            gamma: Initializer::Ones.init([channels], device),
+            beta: Initializer::Zeros.init([channels], device),
+            running_mean: burn::module::RunningState::new(Tensor::zeros([channels], device)),
+            running_var: burn::module::RunningState::new(Tensor::ones([channels], device)),
+            momentum: 0.1,
+            epsilon: 1e-5,
+        }
+    }
+
+    /// Batch statistics (and a running-statistics update) on an autodiff device, the running
+    /// statistics elsewhere: training runs on an autodiff device, evaluation on `model.valid()`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let device = x.device();
+        if !device.is_autodiff() {
+            let mean = self.running_mean.value().to_device(&device);
+            let var = self.running_var.value().to_device(&device);
+            return burn::tensor::module::batch_norm(x, self.gamma.val(), self.beta.val(), mean, var, self.epsilon);
+        }
+        let [b, _, h, w] = x.dims();
+        let n = (b * h * w) as f64;
+        let r = burn::tensor::module::batch_norm_train(x, self.gamma.val(), self.beta.val(), self.epsilon);
+        let m = self.momentum;
+        let unbiased = if n > 1.0 { r.variance.detach().mul_scalar(n / (n - 1.0)) } else { r.variance.detach() };
+        let mean = self.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - m).add(r.mean.detach().mul_scalar(m));
+        let var = self.running_var.value_sync().to_device(&device).mul_scalar(1.0 - m).add(unbiased.mul_scalar(m));
+        self.running_mean.update(mean.detach());
+        self.running_var.update(var.detach());
+        r.output
+    }
+}

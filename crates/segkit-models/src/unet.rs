@@ -12,32 +12,31 @@
 //!
 //! Options beyond the paper: `depth`, `base_width`, `padded` ("same" convolutions, output size =
 //! input size, as most modern U-Nets do) and `batch_norm` after each convolution (off by default;
-//! the paper has none).
+//! the paper has none): PyTorch's `BatchNorm2d`, running variance included (`layers::BatchNorm2d`).
 
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::pool::MaxPool2d;
-use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::ModelError;
 use crate::cpu_conv::conv2d;
-use crate::layers::{center_crop, conv, max_pool, up_conv};
+use crate::layers::{BatchNorm2d, center_crop, conv, max_pool, up_conv};
 use crate::trace::{Shape3, Tracer};
 
 /// Two 3x3 convolutions, each followed by (optional batch norm and) ReLU.
 #[derive(Module, Debug)]
 pub struct DoubleConv {
     pub conv1: Conv2d,
-    pub bn1: Option<BatchNorm>,
+    pub bn1: Option<BatchNorm2d>,
     pub conv2: Conv2d,
-    pub bn2: Option<BatchNorm>,
+    pub bn2: Option<BatchNorm2d>,
 }
 
 impl DoubleConv {
     fn new(c_in: usize, c_out: usize, padded: bool, batch_norm: bool, device: &Device) -> Self {
         let pad = usize::from(padded);
-        let bn = || batch_norm.then(|| BatchNormConfig::new(c_out).init(device));
+        let bn = || batch_norm.then(|| BatchNorm2d::new(c_out, device));
         Self {
             conv1: conv(c_in, c_out, 3, pad, device),
             bn1: bn(),
@@ -59,7 +58,7 @@ impl DoubleConv {
     }
 
     fn trace(&self, t: &mut Tracer, prefix: &str, x: Shape3) -> Result<Shape3, ModelError> {
-        let bn_params = |bn: &BatchNorm| 2 * bn.gamma.lazy_shape().num_elements();
+        let bn_params = |bn: &BatchNorm2d| 2 * bn.gamma.lazy_shape().num_elements();
         let mut x = t.conv(&format!("{prefix}.conv1"), &self.conv1, x)?;
         if let Some(bn) = &self.bn1 {
             x = t.norm(&format!("{prefix}.bn1"), bn_params(bn), x);

@@ -214,6 +214,20 @@ impl RunConfig {
         }
     }
 
+    /// The learning-rate schedule of a run of `total_steps` optimiser steps.
+    pub fn lr_schedule(&self, total_steps: usize) -> crate::optim::LrSchedule {
+        let t = &self.train;
+        crate::optim::LrSchedule {
+            base: t.lr,
+            schedule: t.schedule,
+            total_steps,
+            warmup_steps: t.warmup_steps,
+            power: t.poly_power,
+            step_size: t.step_size,
+            gamma: t.step_gamma,
+        }
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a RunConfig serialises")
     }

@@ -88,19 +88,12 @@ pub fn load_torch_names(
     crate::checkpoint::verify_checksum(path, &bytes)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| TrainError::checkpoint(path, crate::checkpoint::describe_unreadable(&e, bytes.len())))?;
-    let names = segkit_names(&model);
-    let mut source = BTreeMap::new();
-    let mut unused = Vec::new();
+    let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
-        match names.get(&name) {
-            Some(path_in_model) => {
-                let values = read_f32(&view).map_err(|m| TrainError::checkpoint(path, format!("{name}: {m}")))?;
-                source.insert(path_in_model.clone(), HostTensor { shape: view.shape().to_vec(), values });
-            }
-            None => unused.push(name),
-        }
+        let values = read_f32(&view).map_err(|m| TrainError::checkpoint(path, format!("{name}: {m}")))?;
+        tensors.insert(name, HostTensor { shape: view.shape().to_vec(), values });
     }
-    let (model, report) = params::load(model, &source);
+    let (model, report, unused) = from_torch_names(model, tensors);
     if !report.mismatched.is_empty() {
         let (p, want, got) = &report.mismatched[0];
         return Err(TrainError::checkpoint(
@@ -109,6 +102,27 @@ pub fn load_torch_names(
         ));
     }
     Ok((model, report, unused))
+}
+
+/// Loads a state dict of PyTorch names into `model`, by name: `(model, what was loaded,
+/// the names the model lacks)`. Shape mismatches are in the report, not loaded.
+pub fn from_torch_names(
+    model: SegModel,
+    tensors: BTreeMap<String, HostTensor>,
+) -> (SegModel, params::LoadReport, Vec<String>) {
+    let names = segkit_names(&model);
+    let mut source = BTreeMap::new();
+    let mut unused = Vec::new();
+    for (name, t) in tensors {
+        match names.get(&name) {
+            Some(path_in_model) => {
+                source.insert(path_in_model.clone(), t);
+            }
+            None => unused.push(name),
+        }
+    }
+    let (model, report) = params::load(model, &source);
+    (model, report, unused)
 }
 
 /// Loads an exported file: its config, classes and model.

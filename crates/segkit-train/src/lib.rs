@@ -137,10 +137,8 @@ fn write_synced(tmp: &Path, final_path: &Path, bytes: &[u8]) -> Result<(), Train
 
 /// Makes a rename in `path`'s folder durable (a power cut after it keeps the new name).
 fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()).and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = d.sync_all();
     }
 }
 

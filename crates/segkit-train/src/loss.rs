@@ -3,8 +3,10 @@
 //! Burn's `CrossEntropyLoss` is 2-D only and gathers before it masks, so a void label of 255
 //! reads out of range; this one maps void (and any label >= C) to class 0 before the gather and
 //! zeroes those pixels afterwards. Normalisation `mean` divides by the (weighted) number of valid
-//! pixels as PyTorch's `ignore_index` does; `sum` is the FCN reference's unnormalised loss. An
-//! all-void batch gives 0, not NaN.
+//! pixels as PyTorch's `ignore_index` does; `sum` is the FCN reference's "unnormalised" loss:
+//! Caffe's `SoftmaxWithLoss` with `normalize: false`, which sums over valid pixels and divides
+//! by the batch size (pytorch-fcn: `size_average=False`, then `loss /= len(data)`), so that the
+//! FCN learning rates hold for any batch size. An all-void batch gives 0, not NaN.
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -15,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub enum Reduction {
     /// Mean over valid pixels (default).
     Mean,
-    /// Sum over valid pixels (the FCN reference's `normalize: false`).
+    /// Sum over valid pixels, divided by the batch size (the FCN reference's `normalize: false`).
     Sum,
 }
 
@@ -45,7 +47,7 @@ pub fn cross_entropy(
     };
     let total = (picked.neg() * pixel_w.clone()).sum();
     match reduction {
-        Reduction::Sum => total,
+        Reduction::Sum => total.div_scalar(b as f64),
         // The smallest positive normal keeps an all-void batch at 0 / tiny = 0.
         Reduction::Mean => total / pixel_w.sum().clamp_min(f32::MIN_POSITIVE as f64),
     }

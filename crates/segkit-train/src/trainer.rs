@@ -349,7 +349,6 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         colors: ds.classes.colors.clone(),
         ignore_index: ds.classes.ignore_index,
     };
-    let ignore = ds.classes.ignore_index as i64;
 
     // Class weights: given, or median frequency over the training masks.
     let weights: Option<Vec<f32>> = if !t.class_weights.is_empty() {
@@ -382,7 +381,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     } else {
         None
     };
-    let weights_ad = weights.as_ref().map(|w| Tensor::<1>::from_data(TensorData::new(w.clone(), [w.len()]), &ad));
+    let step_spec = StepSpec::new(&cfg, weights.as_deref(), ds.classes.ignore_index, &ad);
     let weights_eval = weights.as_ref().map(|w| Tensor::<1>::from_data(TensorData::new(w.clone(), [w.len()]), &device));
 
     // Model, optimiser, position: fresh, initialised from another run, or resumed.
@@ -494,15 +493,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     let epoch_steps = t.epochs * steps_per_epoch;
     let total_steps =
         if t.max_steps > 0 && (t.epochs == 0 || t.max_steps < epoch_steps) { t.max_steps } else { epoch_steps };
-    let sched = LrSchedule {
-        base: t.lr,
-        schedule: t.schedule,
-        total_steps,
-        warmup_steps: t.warmup_steps,
-        power: t.poly_power,
-        step_size: t.step_size,
-        gamma: t.step_gamma,
-    };
+    let sched = cfg.lr_schedule(total_steps);
     obs.event(Event::Started {
         run_dir: &dir,
         device: &device_desc,
@@ -522,13 +513,8 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     while state.step < total_steps {
         let epoch = state.epoch;
         let mut loader = spec.epoch(epoch as u64, state.batch);
-        let mut acc = GradientsAccumulator::<SegModel>::new();
-        let mut in_group = 0;
-        let mut group_loss = 0f32;
-        // The gradients of a step without accumulation, and whether the step in progress had a
-        // non-finite loss or gradient (then it is skipped whole).
-        let mut single: Option<GradientsParams> = None;
-        let mut group_bad: Option<&'static str> = None;
+        // The batches of the step in progress (more than one with gradient accumulation).
+        let mut group: Vec<(Tensor<4>, Tensor<3, Int>)> = Vec::with_capacity(accum);
         let mut tick = Instant::now();
         let mut images = 0usize;
         let mut usable = (batches / accum) * accum;
@@ -548,78 +534,52 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                     return Err(e.into());
                 }
             };
-            let (x, y) = batch.to_device(&ad);
-            ad.seed(mix_seed(t.seed, (state.step * accum + in_group) as u64));
-            let logits = model.forward(x);
-            let mut loss = cross_entropy(logits, y, ignore, weights_ad.as_ref(), t.loss);
-            if accum > 1 {
-                loss = loss.div_scalar(accum as f64);
-            }
-            let value = to_f32(loss.clone().inner())[0];
             images += batch.batch;
-            in_group += 1;
-            // A non-finite loss or gradient never reaches the weights: the step stops the run,
-            // or, within `train.skip_nonfinite`, is skipped whole.
-            let mut bad = (!value.is_finite()).then_some(("loss", value));
-            if bad.is_none() {
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                if !params::gradients_finite(&model, &grads) {
-                    bad = Some(("gradient", f32::NAN));
-                } else {
-                    group_loss += value;
-                    if accum > 1 {
-                        acc.accumulate(&model, grads);
-                    } else {
-                        single = Some(grads);
-                    }
-                }
-            }
-            if let Some((what, value)) = bad {
-                if group_bad.is_none() && state.skipped >= t.skip_nonfinite {
-                    return Err(TrainError::NonFinite {
-                        what,
-                        step: state.step + 1,
-                        value,
-                        lr: sched.lr(state.step),
-                        base_lr: t.lr,
-                        run_dir: dir.clone(),
-                        last_good: run.saved.get(),
-                    });
-                }
-                group_bad.get_or_insert(what);
-            }
-            if in_group < accum.min(usable) {
+            group.push(batch.to_device(&ad));
+            if group.len() < accum.min(usable) {
                 continue;
             }
-            in_group = 0;
             let lr = sched.lr(state.step);
-            let grads = if accum > 1 { Some(acc.grads()) } else { single.take() };
-            let updated = match (group_bad.take(), grads) {
-                (None, Some(grads)) => {
-                    model = opt.step(lr, model, grads);
+            let (m, outcome) = optimiser_step(model, &mut opt, lr, std::mem::take(&mut group), &step_spec, state.step);
+            model = m;
+            let group_loss = match outcome {
+                StepOutcome::Updated { loss } => {
                     // In the state, so that a checkpoint carries it: after a resume, the next
                     // validation's train_loss still averages every step since the previous one.
-                    state.interval_loss_sum += group_loss as f64;
+                    state.interval_loss_sum += loss as f64;
                     state.interval_steps += 1;
-                    true
+                    Some(loss)
                 }
-                (what, _) => {
+                // A non-finite loss or gradient never reaches the weights: the step stops the
+                // run, or, within `train.skip_nonfinite`, is skipped whole.
+                StepOutcome::NonFinite { what, value } => {
+                    if state.skipped >= t.skip_nonfinite {
+                        return Err(TrainError::NonFinite {
+                            what,
+                            step: state.step + 1,
+                            value,
+                            lr,
+                            base_lr: t.lr,
+                            run_dir: dir.clone(),
+                            last_good: run.saved.get(),
+                        });
+                    }
                     state.skipped += 1;
                     obs.event(Event::Skipped {
                         step: state.step + 1,
                         total: total_steps,
-                        what: what.unwrap_or("loss"),
+                        what,
                         skipped: state.skipped,
                         limit: t.skip_nonfinite,
                     });
-                    false
+                    None
                 }
             };
             state.step += 1;
             state.batch = k + 1;
             crate::fault::after_step(state.step);
             let secs = tick.elapsed().as_secs_f64().max(1e-9);
-            if updated {
+            if let Some(group_loss) = group_loss {
                 obs.event(Event::Step {
                     step: state.step,
                     total: total_steps,
@@ -629,7 +589,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                     images_per_s: images as f64 / secs,
                 });
             }
-            (group_loss, images, tick) = (0.0, 0, Instant::now());
+            (images, tick) = (0, Instant::now());
             let stopping = opts.stop.load(Ordering::Relaxed);
             if stopping || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0) {
                 state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
@@ -677,6 +637,85 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         }
     }
     Ok(Outcome::Finished { run_dir: dir, steps: state.step, best_miou: state.best_miou, best_step: state.best_step })
+}
+
+/// What a step computes besides the model and the optimiser: the loss and the accumulation.
+pub struct StepSpec {
+    /// Void label: pixels with it (or with a label past the last class) count nowhere.
+    pub ignore: i64,
+    /// Class weights of the loss, on the training (autodiff) device.
+    pub weights: Option<Tensor<1>>,
+    pub reduction: crate::loss::Reduction,
+    /// Batches per optimiser step; each batch's loss is divided by it.
+    pub accum: usize,
+    /// The run's seed: dropout is seeded from (seed, step, batch of the step).
+    pub seed: u64,
+}
+
+impl StepSpec {
+    /// The spec of `cfg`'s `[train]` section with the given class weights and void label.
+    pub fn new(cfg: &RunConfig, weights: Option<&[f32]>, ignore: u8, device: &Device) -> Self {
+        StepSpec {
+            ignore: ignore as i64,
+            weights: weights.map(|w| Tensor::<1>::from_data(TensorData::new(w.to_vec(), [w.len()]), device)),
+            reduction: cfg.train.loss,
+            accum: cfg.train.accum_steps,
+            seed: cfg.train.seed,
+        }
+    }
+}
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepOutcome {
+    /// The weights were updated; `loss` is the sum of the batches' losses, each divided by the
+    /// accumulation count (the loss of the whole step).
+    Updated { loss: f32 },
+    /// A batch's loss or the gradients were not finite: the weights are unchanged.
+    NonFinite { what: &'static str, value: f32 },
+}
+
+/// One optimiser step: for each batch (more than one with gradient accumulation) dropout is
+/// seeded from (seed, step, batch), then forward, loss divided by the accumulation count,
+/// backward, with the loss and the gradients checked for finiteness; then the update at `lr`.
+/// The training loop runs every step through here, and so does `tests/parity.rs`, with
+/// PyTorch's batches, against PyTorch's losses and weights.
+pub fn optimiser_step(
+    model: SegModel,
+    opt: &mut Optimizer,
+    lr: f64,
+    batches: Vec<(Tensor<4>, Tensor<3, Int>)>,
+    spec: &StepSpec,
+    step: usize,
+) -> (SegModel, StepOutcome) {
+    let mut acc = GradientsAccumulator::<SegModel>::new();
+    let mut single = None;
+    let mut total = 0f32;
+    let n = batches.len();
+    for (i, (x, y)) in batches.into_iter().enumerate() {
+        x.device().seed(mix_seed(spec.seed, (step * spec.accum + i) as u64));
+        let logits = model.forward(x);
+        let mut loss = cross_entropy(logits, y, spec.ignore, spec.weights.as_ref(), spec.reduction);
+        if spec.accum > 1 {
+            loss = loss.div_scalar(spec.accum as f64);
+        }
+        let value = to_f32(loss.clone().inner())[0];
+        if !value.is_finite() {
+            return (model, StepOutcome::NonFinite { what: "loss", value });
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        if !params::gradients_finite(&model, &grads) {
+            return (model, StepOutcome::NonFinite { what: "gradient", value: f32::NAN });
+        }
+        total += value;
+        if n > 1 {
+            acc.accumulate(&model, grads);
+        } else {
+            single = Some(grads);
+        }
+    }
+    let grads = single.unwrap_or_else(|| acc.grads());
+    (opt.step(lr, model, grads), StepOutcome::Updated { loss: total })
 }
 
 /// What validation needs besides the model and the run's state.
