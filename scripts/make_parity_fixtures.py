@@ -197,8 +197,8 @@ def median_frequency(ys, classes):
     return [float(np.float32(med / f)) if f > 0 else 0.0 for f in freq]
 
 
-def run(name, model, opt_factory, xs, ys, steps, accum, loss_fn, sched=None, overrides=(), reference=""):
-    init = state(model)
+def train(model, opt_factory, xs, ys, steps, accum, loss_fn, sched):
+    """`steps` optimiser steps of `accum` batches each: (loss per step, learning rate per step)."""
     opt = opt_factory(model)
     scheduler = sched(opt) if sched else None
     losses, lrs = [], []
@@ -217,6 +217,30 @@ def run(name, model, opt_factory, xs, ys, steps, accum, loss_fn, sched=None, ove
         if scheduler:
             scheduler.step()
         losses.append(total)
+    return losses, lrs
+
+
+def self_deviation(model_factory, init, opt_factory, xs, ys, steps, accum, loss_fn, sched, final):
+    """How far PyTorch itself strays when the conv biases in front of a batch norm move by 1e-7:
+    a change that cannot alter the function (the batch norm subtracts the mean), only the
+    rounding. The largest final deviation, relative to each tensor's scale."""
+    model = model_factory()
+    model.load_state_dict(init, strict=False)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("conv1.bias") or n.endswith("conv2.bias"):
+                p.add_(torch.randn(p.shape, generator=g) * 1e-7)
+    train(model, opt_factory, xs, ys, steps, accum, loss_fn, sched)
+    other = state(model)
+    return max(((other[k] - v).abs().max() / v.abs().max().clamp_min(1e-30)).item()
+               for k, v in final.items() if not (k.endswith("conv1.bias") or k.endswith("conv2.bias")))
+
+
+def run(name, model, opt_factory, xs, ys, steps, accum, loss_fn, sched=None, overrides=(), reference="",
+        model_factory=None):
+    init = state(model)
+    losses, lrs = train(model, opt_factory, xs, ys, steps, accum, loss_fn, sched)
     tensors = {f"init.{k}": v for k, v in init.items()}
     # Frozen tensors (fixed bilinear upsamplers) are not stored twice: the test checks that
     # they kept their initial values.
@@ -228,6 +252,10 @@ def run(name, model, opt_factory, xs, ys, steps, accum, loss_fn, sched=None, ove
     tensors["loss"] = torch.tensor(losses, dtype=torch.float64)
     tensors["lr"] = torch.tensor(lrs, dtype=torch.float64)
     meta = {"overrides": json.dumps(list(overrides)), "steps": str(steps), "accum": str(accum), "reference": reference}
+    if model_factory:
+        dev = self_deviation(model_factory, init, opt_factory, xs, ys, steps, accum, loss_fn, sched, state(model))
+        meta["self_deviation"] = repr(dev)
+        print(f"{name}: PyTorch against itself with the conv biases in front of batch norm moved by 1e-7: {dev:.2e}")
     path = os.path.join(OUT, f"{name}.safetensors")
     save_file(tensors, path, metadata=meta)
     print(f"{name}: losses {losses[0]:.5f} -> {losses[-1]:.5f}, {os.path.getsize(path) / 1024:.0f} KiB")
@@ -298,6 +326,7 @@ def main():
     # statistics, without Adam's amplification of float noise (see the case below).
     xs, ys = batches(rng, steps, 2, 3, 48, 48, 3)
     model = UNet(3, 3, 4, 3, padded=True, bn=True)
+    bn_unet = lambda: UNet(3, 3, 4, 3, padded=True, bn=True)
     run("unet_bn_sgd", model, lambda m: torch.optim.SGD(m.parameters(), lr=5e-2, momentum=0.9), xs, ys, steps, 1,
         mean(), overrides=["model.model=\"unet\"", "model.classes=3", "model.in_channels=3", "model.base_width=4",
                            "model.depth=3", "model.padded=true", "model.batch_norm=true", "train.optimizer=\"sgd\"",
@@ -305,7 +334,8 @@ def main():
                            "train.bias_decay=true", "train.schedule=\"constant\"", "train.warmup_steps=0",
                            "train.lr=5e-2", "train.loss=\"mean\"", "train.batch_size=2", f"train.max_steps={steps}",
                            "augment.crop=48"],
-        reference="padded U-Net + BatchNorm2d (momentum 0.1, eps 1e-5, unbiased running variance), SGD momentum 0.9")
+        reference="padded U-Net + BatchNorm2d (momentum 0.1, eps 1e-5, unbiased running variance), SGD momentum 0.9",
+        model_factory=bn_unet)
 
     # Padded U-Net with batch norm, Adam, poly LR, accumulation 2: 20 batches of 2 at 48x48. Adam's
     # eps is 1e-4, not 1e-8: with 1e-8 every weight moves by about the learning rate whatever the
@@ -324,7 +354,8 @@ def main():
                    "train.schedule=\"poly\"", "train.poly_power=0.9", "train.warmup_steps=0", "train.loss=\"mean\"",
                    "train.batch_size=2", "train.accum_steps=2", f"train.max_steps={steps}", "augment.crop=48"],
         reference="padded U-Net + BatchNorm2d (momentum 0.1, eps 1e-5, unbiased running variance), torch.optim.Adam (eps 1e-4) "
-                  "with L2 weight decay, PolynomialLR(power 0.9), gradient accumulation 2")
+                  "with L2 weight decay, PolynomialLR(power 0.9), gradient accumulation 2",
+        model_factory=lambda: UNet(3, 3, 4, 3, padded=True, bn=True))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ struct Case {
     lr: Vec<f64>,
     overrides: Vec<String>,
     accum: usize,
+    /// PyTorch against itself after a change that only moves the rounding (the conv biases in
+    /// front of a batch norm shifted by 1e-7): the float noise this case amplifies, if measured.
+    self_deviation: Option<f64>,
 }
 
 fn load(name: &str) -> Case {
@@ -72,6 +75,7 @@ fn load(name: &str) -> Case {
         lr: f64s("lr"),
         overrides: serde_json::from_str(&meta["overrides"]).unwrap(),
         accum: meta["accum"].parse().unwrap(),
+        self_deviation: meta.get("self_deviation").map(|v| v.parse().unwrap()),
     }
 }
 
@@ -84,6 +88,8 @@ struct Deviation {
     lr: f64,
     param: f64,
     worst_param: String,
+    /// PyTorch against itself, where the fixture measured it (see `Case::self_deviation`).
+    pytorch_self: Option<f64>,
 }
 
 /// Trains `name`'s case through segkit and returns how far it strayed from PyTorch; fails when
@@ -149,7 +155,8 @@ fn check(name: &str, loss_tol: f64, param_tol: f64) -> Deviation {
         }
         assert!(d <= param_tol, "{name}: final {torch} differs from PyTorch's by {d:.2e} of its scale");
     }
-    let dev = Deviation { loss: dev_loss, lr: dev_lr, param: dev_param, worst_param: worst };
+    let dev =
+        Deviation { loss: dev_loss, lr: dev_lr, param: dev_param, worst_param: worst, pytorch_self: c.self_deviation };
     eprintln!("parity {name}: {dev:?}");
     dev
 }
@@ -189,17 +196,16 @@ fn unet_batch_norm_sgd() {
     check("unet_bn_sgd", 1e-4, 1e-4);
 }
 
-/// Every step's loss within 1e-4 (seen: 2e-6); the final tensors within 2e-2 of their scale,
-/// not 1e-4. The batch-norm shifts (`bn*.bias`) drift from the second step on, in this case
-/// only: the first step's gradients match PyTorch's to 1e-4 of their scale (all but the conv
-/// biases in front of a batch norm, whose exact gradient is zero and whose computed one is
-/// float noise of 1e-9), and the same network with SGD (`unet_bn_sgd`), with Adam at a constant
-/// rate or with accumulation alone matched to 3e-5 in trials on other initialisations. PyTorch
-/// against itself (float32 against float64, same initialisation) stays within 2e-5, so this is
-/// not only float noise; the cause is open (docs/ARCHITECTURE.md, "Training parity").
+/// Held to 1e-4 like the others (seen: 1.8e-5), but this is the one case that amplifies float
+/// noise: Adam turns a gradient that is a near-cancellation (the batch-norm shifts here) into a
+/// full step. The fixture measures it on PyTorch alone: the conv biases in front of a batch norm
+/// shifted by 1e-7 (the function cannot change; the batch norm subtracts the mean), the same
+/// training rerun, final tensors moved by 1.6e-2 of their scale (`unet_bn_sgd`: 1.9e-6). An
+/// earlier initialisation of this case gave 1e-2 against segkit for that reason; a regenerated
+/// fixture may need a bound near PyTorch's own figure, which the test prints.
 #[test]
 fn unet_batch_norm_adam_poly_accumulation() {
-    check("unet_bn_adam_poly_accum2", 1e-4, 2e-2);
+    check("unet_bn_adam_poly_accum2", 1e-4, 1e-4);
 }
 
 /// Dropout, which the parity cases switch off: on a training device it zeroes a fraction p of
