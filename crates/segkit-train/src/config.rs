@@ -101,6 +101,16 @@ impl RunConfig {
         Self::parse(&text, &path.display().to_string(), overrides, &base)
     }
 
+    /// The default recipe for training `kind` on a user's own dataset (`segkit train --data DIR
+    /// --model KIND`): the quick start's neutral values, the model and recipe below, then
+    /// `overrides`. Classes, class names and the layout come from the data (`model.classes = 0`,
+    /// `data.format = "auto"`); see [`recipe_overrides`] for each value and why.
+    pub fn recipe(kind: ModelKind, overrides: &[String]) -> Result<RunConfig, TrainError> {
+        let mut all: Vec<String> = recipe_overrides(kind).iter().map(|(k, v, _)| format!("{k}={v}")).collect();
+        all.extend(overrides.iter().cloned());
+        Self::parse(QUICKSTART, &format!("the built-in {} recipe", kind.name()), &all, Path::new("."))
+    }
+
     /// The built-in quick start, with `overrides`.
     pub fn quickstart(overrides: &[String]) -> Result<RunConfig, TrainError> {
         Self::parse(QUICKSTART, "configs/quickstart.toml (built in)", overrides, Path::new("."))
@@ -160,7 +170,12 @@ impl RunConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        self.model.validate().map_err(|e| e.to_string())?;
+        // `model.classes = 0` means "from the data": checked again once the data is open.
+        let mut model = self.model.clone();
+        if model.classes == 0 {
+            model.classes = 1;
+        }
+        model.validate().map_err(|e| e.to_string())?;
         let t = &self.train;
         let plain = Path::new(&self.name).file_name().is_some_and(|f| f == self.name.as_str());
         if !plain || self.name == "." || self.name.contains('\\') {
@@ -233,6 +248,63 @@ impl RunConfig {
     }
 }
 
+/// The per-model recipe of [`RunConfig::recipe`], as `(key, value, why)`: tuned to give a usable
+/// model on a small custom set (tens to hundreds of images) without a GPU, not to reproduce a
+/// paper (the shipped configs do that).
+pub fn recipe_overrides(kind: ModelKind) -> Vec<(&'static str, String, &'static str)> {
+    let q = |v: &str| format!("{v:?}");
+    let mut r: Vec<(&'static str, String, &'static str)> = vec![
+        ("name", q(kind.name()), "the run folder: the model's name (numbered when taken)"),
+        ("model.model", q(kind.name()), "--model"),
+        ("model.classes", "0".into(), "from the data"),
+        ("model.in_channels", "3".into(), "images are read as RGB (grey ones replicated)"),
+        ("data.format", q("auto"), "the layout is detected, as `segkit data check` does"),
+        ("data.class_names", "[]".into(), "from the data (data.yaml, class_names.txt, the masks)"),
+        ("data.num_classes", "0".into(), "from the data"),
+        ("data.mask_encoding", q("auto"), "detected per mask"),
+        ("data.val_fraction", "0.2".into(), "a folder without a val split keeps its last 20% for validation"),
+        ("augment.hflip", "true".into(), "flips and 90-degree turns: free data for most custom sets"),
+        ("augment.vflip", "true".into(), ""),
+        ("augment.rot90", "true".into(), ""),
+        ("augment.scale_min", "0.75".into(), "scale jitter"),
+        ("augment.scale_max", "1.25".into(), ""),
+        ("augment.brightness", "0.1".into(), "photometric jitter"),
+        ("augment.contrast", "0.1".into(), ""),
+        ("augment.normalize", q("imagenet"), "the usual statistics for photographs"),
+        ("train.epochs", "50".into(), "--epochs"),
+        ("train.batch_size", "4".into(), "--batch"),
+        ("train.optimizer", q("adam"), "Adam needs no per-dataset learning-rate search"),
+        ("train.schedule", q("cosine"), ""),
+        ("train.warmup_steps", "50".into(), ""),
+        ("train.weight_decay", "0.0001".into(), ""),
+        ("train.loss", q("mean"), ""),
+        ("train.median_frequency", "true".into(), "custom sets are usually unbalanced (small objects)"),
+        ("train.val_every", "1".into(), "validation every epoch"),
+        ("train.init_from", q(""), ""),
+        ("train.backbone_weights", q(""), ""),
+    ];
+    if kind == ModelKind::Unet {
+        r.extend([
+            ("model.padded", "true".into(), "\"same\" convolutions: any multiple of 16 in, the same size out"),
+            ("model.batch_norm", "true".into(), "trains in far fewer steps than the paper's plain U-Net"),
+            ("model.depth", "4".into(), "the paper's depth"),
+            ("model.base_width", "16".into(), "a quarter of the paper's width: CPU-sized"),
+            ("augment.crop", "256".into(), "--size"),
+            ("train.lr", "0.001".into(), ""),
+        ]);
+    } else {
+        r.extend([
+            ("model.base_width", "32".into(), "half of VGG16's width: CPU-sized"),
+            ("model.fc_width", "1024".into(), "a quarter of fc6/fc7's 4096"),
+            ("model.dropout", "0.5".into(), "the paper's"),
+            ("model.learnable_upsampling", "true".into(), "the at-once recipe (PAMI 2016)"),
+            ("augment.crop", "320".into(), "--size"),
+            ("train.lr", "0.0003".into(), ""),
+        ]);
+    }
+    r
+}
+
 /// Sets dotted `key` in `table` to `value`, read as a TOML value (a bare word is a string).
 fn apply_override(table: &mut toml::Table, kv: &str) -> Result<(), String> {
     let (key, value) = kv.split_once('=').ok_or("expected key=value")?;
@@ -286,6 +358,18 @@ mod tests {
         assert_eq!(RunConfig::parse_stored(&old, "old", &[]).unwrap(), cfg);
         let typo = cfg.to_toml().replace("val_limit", "val_limt");
         assert!(RunConfig::parse_stored(&typo, "typo", &[]).unwrap_err().to_string().contains("val_limt"));
+    }
+
+    /// Every model's default recipe is a valid, complete config whose classes come from the
+    /// data; overrides still apply on top.
+    #[test]
+    fn every_model_has_a_recipe() {
+        for kind in [ModelKind::Unet, ModelKind::Fcn8s, ModelKind::Fcn16s, ModelKind::Fcn32s, ModelKind::Fcn8sAtonce] {
+            let cfg = RunConfig::recipe(kind, &["train.epochs=3".into(), "data.root=\"/data\"".into()]).unwrap();
+            assert_eq!((cfg.model.model, cfg.model.classes, cfg.train.epochs), (kind, 0, 3));
+            assert_eq!(cfg.data.format, DataFormat::Auto);
+            assert!(crate::eval::train_window(&cfg).is_ok(), "{kind:?}: the crop fits the model's size rule");
+        }
     }
 
     #[test]

@@ -297,6 +297,7 @@ impl Run {
 
 /// Trains `cfg` (or resumes `opts.resume`), reporting to `obs`.
 pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Result<Outcome, TrainError> {
+    let mut cfg = cfg;
     let mut notes = Vec::new();
     let (device, device_desc) = device::select(&cfg.train.device)?;
     let ad = device.clone().autodiff();
@@ -305,13 +306,21 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     // Data.
     let root = PathBuf::from(&cfg.data.root);
     let ds = Arc::new(Dataset::open(&cfg.data, &root)?);
+    if cfg.model.classes == 0 {
+        // "From the data": the run's stored config records the count.
+        cfg.model.classes = ds.classes.len();
+        notes.push(format!("{} classes from {}: {}", ds.classes.len(), ds.class_source, ds.classes.names.join(", ")));
+    }
     if ds.classes.len() != cfg.model.classes {
         return Err(TrainError::Config(format!(
-            "{}: the dataset has {} classes ({}) but model.classes = {}",
+            "{}: the dataset has {} classes ({}; from {}) but model.classes = {} (from the config); \
+             set model.classes = {} or 0 (from the data), or data.class_names to the model's classes",
             ds.root.display(),
             ds.classes.len(),
             ds.classes.names.join(", "),
-            cfg.model.classes
+            ds.class_source,
+            cfg.model.classes,
+            ds.classes.len()
         )));
     }
     let train_samples = ds.split(&cfg.data.train_split)?;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
+use segkit_models::ModelKind;
 use segkit_train::RunConfig;
 use segkit_train::trainer::{Event, Observer, Outcome, TrainOptions, train};
 
@@ -14,8 +15,32 @@ use crate::progress;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Run config (TOML). Without it: the quick start on built-in synthetic data.
+    /// Run config (TOML). Without it: the quick start on built-in synthetic data, or with
+    /// --data, the default recipe of --model.
     config: Option<PathBuf>,
+    /// Your dataset: a folder (image/mask pairs, VOC, YOLO) or a YOLO/Roboflow `data.yaml`.
+    /// Layout, splits, classes and class names come from it.
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// unet, fcn8s, fcn16s, fcn32s or fcn8s-atonce (with --data and no CONFIG: its default recipe;
+    /// default unet).
+    #[arg(long, value_name = "KIND")]
+    model: Option<String>,
+    /// Epochs (train.epochs).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Batch size (train.batch_size).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Training crop side in pixels (augment.crop; U-Net: its output tile).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Learning rate (train.lr).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Run folder name under train.out_dir (name).
+    #[arg(long)]
+    name: Option<String>,
     /// Override a config key, e.g. --set train.lr=0.001 --set data.root=../data/camvid.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -162,18 +187,66 @@ pub fn ctrl_c() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-pub fn run(a: Args) -> Result<i32> {
-    let mut overrides = a.set.clone();
-    if let Some(d) = &a.device {
-        overrides.push(format!("train.device={d:?}"));
+/// The `--set` overrides the short flags stand for; they come before the user's own `--set`s,
+/// which therefore win.
+fn flag_overrides(a: &Args) -> Result<Vec<String>> {
+    let mut o = Vec::new();
+    if let Some(path) = &a.data {
+        // A data.yaml names its folder: the YOLO layout is read from there.
+        let root = if path.is_file() { path.parent().map(PathBuf::from).unwrap_or_default() } else { path.clone() };
+        if !root.is_dir() {
+            anyhow::bail!("--data {}: no such folder or data.yaml", path.display());
+        }
+        o.push(format!("data.root={:?}", root.display().to_string()));
+        if a.config.is_some() {
+            // With a config made for another dataset: what describes the data comes from the data.
+            for kv in ["data.format=\"auto\"", "data.class_names=[]", "data.num_classes=0", "model.classes=0"] {
+                o.push(kv.to_string());
+            }
+        }
     }
-    let cfg = match (&a.resume, &a.config) {
-        (Some(dir), _) => {
+    // With --data and no config, --model picks the recipe instead (see `run`).
+    if let Some(m) = a.model.as_ref().filter(|_| a.config.is_some() || a.data.is_none()) {
+        let kind = ModelKind::parse(m).with_context(|| format!("--model {m}: expected {MODELS}"))?;
+        o.push(format!("model.model={:?}", kind.name()));
+    }
+    for (key, value) in [
+        ("train.epochs", a.epochs.map(|v| v.to_string())),
+        ("train.batch_size", a.batch.map(|v| v.to_string())),
+        ("augment.crop", a.size.map(|v| v.to_string())),
+        ("train.lr", a.lr.map(|v| format!("{v:e}"))),
+    ] {
+        if let Some(v) = value {
+            o.push(format!("{key}={v}"));
+        }
+    }
+    if let Some(n) = &a.name {
+        o.push(format!("name={n:?}"));
+    }
+    if let Some(d) = &a.device {
+        o.push(format!("train.device={d:?}"));
+    }
+    Ok(o)
+}
+
+const MODELS: &str = "unet, fcn8s, fcn16s, fcn32s or fcn8s-atonce";
+
+pub fn run(a: Args) -> Result<i32> {
+    let mut overrides = flag_overrides(&a)?;
+    overrides.extend(a.set.iter().cloned());
+    let cfg = match (&a.resume, &a.config, &a.data) {
+        (Some(dir), _, _) => {
             let path = dir.join("config.toml");
             RunConfig::load_stored(&path, &overrides).with_context(|| format!("resuming {}", dir.display()))?
         }
-        (None, Some(path)) => RunConfig::load(path, &overrides)?,
-        (None, None) => {
+        (None, Some(path), _) => RunConfig::load(path, &overrides)?,
+        (None, None, Some(data)) => {
+            let m = a.model.as_deref().unwrap_or("unet");
+            let kind = ModelKind::parse(m).with_context(|| format!("--model {m}: expected {MODELS}"))?;
+            println!("training {} on {} with its default recipe (`segkit train --help`; --set changes any key)", kind.name(), data.display());
+            RunConfig::recipe(kind, &overrides)?
+        }
+        (None, None, None) => {
             println!("no config given: running the quick start (configs/quickstart.toml, built-in synthetic data)");
             RunConfig::quickstart(&overrides)?
         }

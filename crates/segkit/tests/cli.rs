@@ -94,3 +94,60 @@ fn an_unusable_gpu_is_an_error_naming_the_driver() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("selftest compares a GPU with the CPU"));
 }
+
+/// A Roboflow-style YOLO export as users bring it: `train/` and `valid/` with `images/` and
+/// polygon `labels/`, a `test/` split, and a `data.yaml` naming the classes.
+fn roboflow_export(dir: &std::path::Path, names: &[&str]) {
+    use segkit_data::ImageBuf;
+    use segkit_data::image_io::write_png;
+    for (split, n) in [("train", 8), ("valid", 3), ("test", 2)] {
+        std::fs::create_dir_all(dir.join(split).join("images")).unwrap();
+        std::fs::create_dir_all(dir.join(split).join("labels")).unwrap();
+        for i in 0..n {
+            let (w, h) = (48, 40);
+            let mut img = ImageBuf::new(w, h, 3);
+            for (k, v) in img.data.iter_mut().enumerate() {
+                *v = ((k * 7 + i * 31) % 97) as u8;
+            }
+            write_png(&dir.join(split).join("images").join(format!("img{i}.png")), &img).unwrap();
+            // One polygon per class, each a quadrilateral in normalised coordinates.
+            let labels: String = (0..names.len())
+                .map(|c| {
+                    let o = 0.1 + 0.4 * c as f64 / names.len() as f64;
+                    format!("{c} {o} {o} {} {o} {} {} {o} {}\n", o + 0.3, o + 0.35, o + 0.4, o + 0.3)
+                })
+                .collect();
+            std::fs::write(dir.join(split).join("labels").join(format!("img{i}.txt")), labels).unwrap();
+        }
+    }
+    let names = names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
+    std::fs::write(
+        dir.join("data.yaml"),
+        format!("train: ../train/images\nval: ../valid/images\ntest: ../test/images\nnc: 2\nnames: [{names}]\n"),
+    )
+    .unwrap();
+}
+
+/// `segkit train --data DIR/data.yaml --model KIND --epochs 1` trains with nothing else: the
+/// layout, splits, classes and their names come from the export (one class and several), for
+/// the U-Net and FCN-8s recipes; the run's stored config records the resolved class count.
+#[test]
+fn own_data_in_one_command() {
+    for (names, model) in [(&["crack"][..], "unet"), (&["crack", "hole"][..], "fcn8s")] {
+        let out = scratch(&format!("own-data-{model}"));
+        let data = out.join("export");
+        roboflow_export(&data, names);
+        let runs = format!("train.out_dir={:?}", out.join("runs").display().to_string());
+        let yaml = data.join("data.yaml");
+        let o = segkit(&["train", "--data", yaml.to_str().unwrap(), "--model", model, "--epochs", "1", "--device", "cpu", "--set", &runs]);
+        let t = text(&o);
+        assert!(o.status.success(), "{model}: {t}");
+        assert!(t.contains(&format!("{} classes from", names.len() + 1)) && t.contains("background"), "{t}");
+        let stored = std::fs::read_to_string(out.join("runs").join(model).join("config.toml")).unwrap();
+        assert!(stored.contains(&format!("classes = {}", names.len() + 1)), "{stored}");
+        assert!(stored.contains(&format!("model = \"{model}\"")), "{stored}");
+    }
+    let o = segkit(&["train", "--data", "/nonexistent/data.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("--data /nonexistent/data.yaml: no such folder"), "{}", text(&o));
+}
