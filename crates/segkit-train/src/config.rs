@@ -68,6 +68,8 @@ pub struct TrainConfig {
     /// Steps with a non-finite loss or gradient to skip (no update) before the run stops (0:
     /// stop at the first).
     pub skip_nonfinite: usize,
+    /// Early stopping: end the run after this many validations without a better mean IoU (0: off).
+    pub patience: usize,
     /// Loader threads.
     pub workers: usize,
     pub prefetch: usize,
@@ -280,6 +282,7 @@ pub fn recipe_overrides(kind: ModelKind) -> Vec<(&'static str, String, &'static 
         ("train.loss", q("mean"), ""),
         ("train.median_frequency", "true".into(), "custom sets are usually unbalanced (small objects)"),
         ("train.val_every", "1".into(), "validation every epoch"),
+        ("train.patience", "10".into(), "early stop after 10 validations without a better mean IoU"),
         ("train.init_from", q(""), ""),
         ("train.backbone_weights", q(""), ""),
     ];

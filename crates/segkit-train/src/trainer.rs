@@ -96,13 +96,14 @@ pub struct TrainOptions {
 
 /// Keys a resume may change without changing what the steps compute: how long to train, how
 /// often to validate and save, how to load data and where to run.
-const RESUME_HARMLESS: [&str; 12] = [
+const RESUME_HARMLESS: [&str; 13] = [
     "train.epochs",
     "train.max_steps",
     "train.val_every",
     "train.val_every_steps",
     "train.checkpoint_every",
     "train.skip_nonfinite",
+    "train.patience",
     "train.workers",
     "train.prefetch",
     "train.device",
@@ -152,7 +153,9 @@ fn config_changes(stored: &str, now: &str) -> (Vec<String>, Vec<String>) {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Finished { run_dir: PathBuf, steps: usize, best_miou: f64, best_step: usize },
+    /// `stopped_early`: `train.patience` validations without a better mean IoU ended the run
+    /// before its last step.
+    Finished { run_dir: PathBuf, steps: usize, best_miou: f64, best_step: usize, stopped_early: bool },
     Interrupted { run_dir: PathBuf, step: usize },
 }
 
@@ -520,6 +523,10 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     let vctx =
         ValContext { ds: &ds, samples: &val_samples, weights: weights_eval.as_ref(), sched: &sched, started, elapsed0 };
     while state.step < total_steps {
+        // A run killed after the validation that ended it early stays ended.
+        if patience_exhausted(&state, t.patience) {
+            return Ok(finished(dir, &state, true));
+        }
         let epoch = state.epoch;
         let mut loader = spec.epoch(epoch as u64, state.batch);
         // The batches of the step in progress (more than one with gradient accumulation).
@@ -612,6 +619,9 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             }
             if t.val_every_steps > 0 && state.step % t.val_every_steps == 0 {
                 validate_and_save(&run, &model, &opt, &vctx, &mut state, epoch, obs)?;
+                if patience_exhausted(&state, t.patience) {
+                    return Ok(finished(dir, &state, true));
+                }
             }
         }
         drop(loader);
@@ -641,11 +651,32 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         let done = state.history.last().is_some_and(|r| r.step == state.step);
         if due && !done {
             validate_and_save(&run, &model, &opt, &vctx, &mut state, epochs_done, obs)?;
+            if patience_exhausted(&state, t.patience) && state.step < total_steps {
+                return Ok(finished(dir, &state, true));
+            }
         } else if due && finished_epoch {
             run.save(&model, &opt, &state, obs)?;
         }
     }
-    Ok(Outcome::Finished { run_dir: dir, steps: state.step, best_miou: state.best_miou, best_step: state.best_step })
+    Ok(finished(dir, &state, false))
+}
+
+fn finished(run_dir: PathBuf, state: &TrainState, stopped_early: bool) -> Outcome {
+    Outcome::Finished {
+        run_dir,
+        steps: state.step,
+        best_miou: state.best_miou,
+        best_step: state.best_step,
+        stopped_early,
+    }
+}
+
+/// Whether the last `patience` validations (0: never) all came after the best one: early
+/// stopping. A function of the history only, so a resumed run decides as the uninterrupted one.
+fn patience_exhausted(state: &TrainState, patience: usize) -> bool {
+    patience > 0
+        && !state.history.is_empty()
+        && state.history.iter().filter(|r| r.step > state.best_step).count() >= patience
 }
 
 /// What a step computes besides the model and the optimiser: the loss and the accumulation.

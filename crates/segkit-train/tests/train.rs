@@ -190,6 +190,25 @@ fn exploding_loss_stops_with_advice_and_keeps_the_last_good_checkpoint() {
     assert!(msg.contains(&format!("at step {}", bad + 2)), "{msg}");
 }
 
+/// `train.patience = 2` with a rate too small to change any prediction (and no batch norm, whose
+/// statistics would): the first validation is
+/// the best, the next two are not better, and the run ends there, early, with its best
+/// checkpoint; a resume of it stays ended.
+#[test]
+fn early_stopping_after_patience_validations() {
+    let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("patience");
+    let cfg = tiny(&out, &["name=p", "train.epochs=6", "train.patience=2", "train.lr=1e-12", "train.warmup_steps=0", "model.batch_norm=false"]);
+    let (o, losses) = run(cfg.clone(), None, usize::MAX);
+    let Outcome::Finished { run_dir, steps, best_step, stopped_early, .. } = o else { panic!("{o:?}") };
+    assert!(stopped_early);
+    assert_eq!((steps, best_step, losses.len()), (12, 4, 12), "three validations of 4 steps each, the first the best");
+    assert!(run_dir.join("best.safetensors").is_file());
+    let (again, more) = run(cfg, Some(run_dir), usize::MAX);
+    assert!(matches!(again, Outcome::Finished { steps: 12, stopped_early: true, .. }), "{again:?}");
+    assert!(more.is_empty());
+}
+
 #[test]
 fn empty_split_is_an_error() {
     let out = scratch("empty");

@@ -172,6 +172,28 @@ impl Observer for Progress {
     }
 }
 
+/// Where the run is and what to do with it: the best validation's figures (from the best
+/// checkpoint's history) and the commands that use the checkpoint.
+fn summary(run_dir: &std::path::Path, best_step: usize) {
+    let best = run_dir.join("best.safetensors");
+    if let Ok((_, _, state)) = segkit_train::checkpoint::Checkpoint::read_meta(&best) {
+        if let Some(r) = state.history.iter().find(|r| r.step == best_step) {
+            println!(
+                "best: step {} (epoch {}): pixel acc {:.4}, mean acc {:.4}, mean IoU {:.4}, fw IoU {:.4}, Dice {:.4}",
+                r.step, r.epoch, r.pixel_acc, r.mean_acc, r.mean_iou, r.fw_iou, r.mean_dice
+            );
+        }
+    }
+    println!(
+        "run directory: {} (best.safetensors, last.safetensors, metrics.csv, loss.png, miou.png, val_samples.png)",
+        run_dir.display()
+    );
+    let d = run_dir.display();
+    println!("next: segkit eval {d}");
+    println!("      segkit predict {d} IMAGES_OR_FOLDER --out predictions/");
+    println!("      segkit export {d} -o model.safetensors");
+}
+
 /// A flag raised by Ctrl-C; a second Ctrl-C exits at once.
 pub fn ctrl_c() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -258,15 +280,15 @@ pub fn run(a: Args) -> Result<i32> {
     let outcome = train(cfg, TrainOptions { resume: a.resume.clone(), stop, resume_anyway: a.resume_anyway }, &mut obs);
     obs.finish();
     match outcome? {
-        Outcome::Finished { run_dir, steps, best_miou, best_step } => {
+        Outcome::Finished { run_dir, steps, best_miou, best_step, stopped_early } => {
+            if stopped_early {
+                println!("early stop: no better validation mean IoU for train.patience validations");
+            }
             println!(
                 "done: {steps} steps in {:.0} s; best validation mean IoU {best_miou:.4} at step {best_step}",
                 obs.started.elapsed().as_secs_f64()
             );
-            println!(
-                "run directory: {} (best.safetensors, last.safetensors, metrics.csv, loss.png, miou.png, val_samples.png)",
-                run_dir.display()
-            );
+            summary(&run_dir, best_step);
             Ok(0)
         }
         Outcome::Interrupted { run_dir, step } => {
