@@ -176,13 +176,12 @@ impl Observer for Progress {
 /// checkpoint's history) and the commands that use the checkpoint.
 fn summary(run_dir: &std::path::Path, best_step: usize) {
     let best = run_dir.join("best.safetensors");
-    if let Ok((_, _, state)) = segkit_train::checkpoint::Checkpoint::read_meta(&best) {
-        if let Some(r) = state.history.iter().find(|r| r.step == best_step) {
-            println!(
-                "best: step {} (epoch {}): pixel acc {:.4}, mean acc {:.4}, mean IoU {:.4}, fw IoU {:.4}, Dice {:.4}",
-                r.step, r.epoch, r.pixel_acc, r.mean_acc, r.mean_iou, r.fw_iou, r.mean_dice
-            );
-        }
+    let history = segkit_train::checkpoint::Checkpoint::read_meta(&best).map(|(_, _, s)| s.history).unwrap_or_default();
+    if let Some(r) = history.iter().find(|r| r.step == best_step) {
+        println!(
+            "best: step {} (epoch {}): pixel acc {:.4}, mean acc {:.4}, mean IoU {:.4}, fw IoU {:.4}, Dice {:.4}",
+            r.step, r.epoch, r.pixel_acc, r.mean_acc, r.mean_iou, r.fw_iou, r.mean_dice
+        );
     }
     println!(
         "run directory: {} (best.safetensors, last.safetensors, metrics.csv, loss.png, miou.png, val_samples.png)",
