@@ -281,6 +281,9 @@ impl Dataset {
         if ds.splits.iter().all(|s| s.samples.is_empty()) {
             return Err(DataError::layout(root, format!("no image/mask pairs found ({format} layout)")));
         }
+        if matches!(format, DataFormat::Paired | DataFormat::Yolo) && root.join(SPLIT_LISTS).is_dir() {
+            ds.splits = apply_split_lists(root, std::mem::take(&mut ds.splits))?;
+        }
         Ok(ds)
     }
 
@@ -408,6 +411,84 @@ pub const VOC_CLASSES: [&str; 21] = [
     "train",
     "tvmonitor",
 ];
+
+/// The folder of split lists `segkit data split` writes: `train.txt`, `val.txt`, `test.txt`, one
+/// sample id (the file stem) per line. When it exists, its lists are the dataset's splits.
+pub const SPLIT_LISTS: &str = "splits";
+
+/// The samples of `splits`, regrouped by the list files in `root/splits/`. An id that no sample
+/// has, or that two samples share, is an error naming the list file.
+fn apply_split_lists(root: &Path, splits: Vec<Split>) -> Result<Vec<Split>> {
+    let dir = root.join(SPLIT_LISTS);
+    let mut by_id: BTreeMap<String, SampleRef> = BTreeMap::new();
+    let mut orphans = Vec::new();
+    for s in splits {
+        orphans.extend(s.orphans);
+        for sample in s.samples {
+            let id = sample.id.clone();
+            if by_id.insert(id.clone(), sample).is_some() {
+                return Err(DataError::layout(
+                    &dir,
+                    format!("two samples are called `{id}` (in different folders): split lists name samples by file stem, so stems must be unique"),
+                ));
+            }
+        }
+    }
+    let mut lists: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| DataError::io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    lists.sort();
+    let mut out = Vec::new();
+    for file in lists {
+        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let text = std::fs::read_to_string(&file).map_err(|e| DataError::io(&file, e))?;
+        let mut samples = Vec::new();
+        for (i, id) in text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty()) {
+            let s = by_id.get(id).ok_or_else(|| {
+                DataError::layout(&file, format!("line {}: no sample `{id}` in the dataset", i + 1))
+            })?;
+            samples.push(s.clone());
+        }
+        out.push(Split { name, samples, orphans: std::mem::take(&mut orphans) });
+    }
+    if out.is_empty() {
+        return Err(DataError::layout(&dir, "no .txt split lists in it (run `segkit data split` again)"));
+    }
+    Ok(out)
+}
+
+/// Split lists for a dataset that comes as one folder: every sample, shuffled with `seed`, then
+/// `val` and `test` fractions taken off (at least one each when asked for), the rest train.
+/// Returns `(name, ids)` in the order train, val, test.
+pub fn make_split_lists(ds: &Dataset, val: f64, test: f64, seed: u64) -> Result<Vec<(String, Vec<String>)>> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    if !(0.0..1.0).contains(&val) || !(0.0..1.0).contains(&test) || val + test >= 1.0 {
+        return Err(DataError::layout(&ds.root, format!("--val {val} and --test {test}: fractions in [0, 1) that leave some training data")));
+    }
+    let mut ids: Vec<String> = ds.splits.iter().flat_map(|s| s.samples.iter().map(|x| x.id.clone())).collect();
+    ids.sort();
+    ids.dedup();
+    ids.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let n = ids.len();
+    let take = |f: f64| if f > 0.0 { ((n as f64 * f).round() as usize).max(1) } else { 0 };
+    let (n_val, n_test) = (take(val), take(test));
+    if n_val + n_test >= n {
+        return Err(DataError::layout(&ds.root, format!("{n} samples: too few to split off {n_val} for val and {n_test} for test")));
+    }
+    let test_ids = ids.split_off(n - n_test);
+    let val_ids = ids.split_off(ids.len() - n_val);
+    let mut out = vec![("train".to_string(), ids), ("val".to_string(), val_ids)];
+    if n_test > 0 {
+        out.push(("test".to_string(), test_ids));
+    }
+    for (_, list) in &mut out {
+        list.sort();
+    }
+    Ok(out)
+}
 
 /// Which layout a folder holds.
 pub fn detect_format(root: &Path) -> Result<DataFormat> {

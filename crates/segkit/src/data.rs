@@ -18,6 +18,26 @@ pub enum Command {
     Check(CheckArgs),
     /// Write the built-in synthetic data to disk as a paired-folders dataset.
     Synth(SynthArgs),
+    /// Split a dataset that comes as one folder into train/val(/test): writes list files under
+    /// DIR/splits/ (sample ids, one per line), moves nothing; training then uses them.
+    Split(SplitArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SplitArgs {
+    /// Dataset folder (image/mask folders or YOLO).
+    dataset: PathBuf,
+    /// Fraction for validation.
+    #[arg(long, default_value_t = 0.2)]
+    val: f64,
+    /// Fraction for a test split (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    test: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Replace existing split lists.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -73,7 +93,40 @@ pub fn run(c: Command) -> Result<i32> {
     match c {
         Command::Check(a) => run_check(a),
         Command::Synth(a) => run_synth(a),
+        Command::Split(a) => run_split(a),
     }
+}
+
+fn run_split(a: SplitArgs) -> Result<i32> {
+    use segkit_data::layout::{SPLIT_LISTS, make_split_lists};
+    let dir = a.dataset.join(SPLIT_LISTS);
+    if dir.exists() && !a.force {
+        anyhow::bail!("{}: split lists exist already; --force replaces them", dir.display());
+    }
+    let cfg = DataConfig { format: DataFormat::Auto, ..DataConfig::default() };
+    // With --force the samples of the current splits (the old lists') are pooled and split again.
+    let ds = Dataset::open(&cfg, &a.dataset)?;
+    let non_empty: Vec<&str> = ds.splits.iter().filter(|s| !s.samples.is_empty()).map(|s| s.name.as_str()).collect();
+    if non_empty.len() > 1 && !a.force {
+        let names = non_empty;
+        anyhow::bail!(
+            "{}: already split ({}); --force pools and splits them again",
+            a.dataset.display(),
+            names.join(", ")
+        );
+    }
+    let lists = make_split_lists(&ds, a.val, a.test, a.seed)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, ids) in &lists {
+        let file = dir.join(format!("{name}.txt"));
+        let tmp = dir.join(format!("{name}.txt.tmp"));
+        std::fs::write(&tmp, ids.iter().map(|i| format!("{i}\n")).collect::<String>())
+            .and_then(|_| std::fs::rename(&tmp, &file))
+            .with_context(|| format!("writing {}", file.display()))?;
+        println!("{}: {} samples", file.display(), ids.len());
+    }
+    println!("training on {} now uses these splits (data.train_split = \"train\", data.val_split = \"val\")", a.dataset.display());
+    Ok(0)
 }
 
 fn run_check(a: CheckArgs) -> Result<i32> {

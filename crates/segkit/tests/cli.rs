@@ -151,3 +151,33 @@ fn own_data_in_one_command() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("--data /nonexistent/data.yaml: no such folder"), "{}", text(&o));
 }
+
+/// `segkit data split` on a one-folder dataset writes train/val/test lists (seeded, complete,
+/// disjoint), moves nothing, and training then reads its splits from them; a second split needs
+/// --force; an id that is not in the dataset is an error naming the list file and line.
+#[test]
+fn data_split_writes_lists_that_training_uses() {
+    let dir = scratch("split");
+    let o = segkit(&["data", "synth", "--out", dir.to_str().unwrap(), "--count", "20", "--val-count", "0", "--size", "32"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ds = dir.to_str().unwrap();
+    let o = segkit(&["data", "split", ds, "--val", "0.2", "--test", "0.1", "--seed", "3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let read = |n: &str| std::fs::read_to_string(dir.join("splits").join(format!("{n}.txt"))).unwrap();
+    let (train, val, test) = (read("train"), read("val"), read("test"));
+    let count = |t: &str| t.lines().count();
+    assert_eq!((count(&train), count(&val), count(&test)), (14, 4, 2));
+    let mut all: Vec<&str> = train.lines().chain(val.lines()).chain(test.lines()).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 20, "every sample once");
+    let again = segkit(&["data", "split", ds]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again).contains("--force"), "{}", text(&again));
+    let runs = format!("train.out_dir={:?}", dir.join("runs").display().to_string());
+    let o = segkit(&["train", "--data", ds, "--model", "unet", "--epochs", "1", "--size", "32", "--device", "cpu", "--set", &runs]);
+    assert!(o.status.success() && text(&o).contains("14 training / 4 validation images"), "{}", text(&o));
+    std::fs::write(dir.join("splits").join("val.txt"), "nosuchimage\n").unwrap();
+    let o = segkit(&["data", "check", ds]);
+    assert!(text(&o).contains("val.txt") && text(&o).contains("line 1: no sample `nosuchimage`"), "{}", text(&o));
+}
