@@ -44,16 +44,20 @@ impl std::fmt::Display for DataFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
+    /// auto (detected), paired, voc, yolo or synthetic.
     pub format: DataFormat,
     /// Dataset folder, relative to the config file; unused for synthetic data.
     pub root: String,
+    /// The split to train on.
     pub train_split: String,
+    /// The split to validate on.
     pub val_split: String,
     /// When the dataset has a single split, the last `val_fraction` of it (in file order) is
     /// held out for validation.
     pub val_fraction: f64,
     /// Mask file stem = image stem + this (Carvana: "_mask").
     pub mask_suffix: String,
+    /// auto, index, palette, binary or rgb (auto: detected per mask).
     pub mask_encoding: MaskEncoding,
     /// Class names; empty: from the dataset (class_names.txt, data.yaml) or numbered.
     pub class_names: Vec<String>,
@@ -64,9 +68,13 @@ pub struct DataConfig {
     /// YOLO: -1 prepends a "background" class 0 and shifts the label ids by one; a class id
     /// keeps the ids and fills uncovered pixels with that class.
     pub yolo_background: i64,
+    /// Synthetic data: image side in pixels.
     pub synth_size: usize,
+    /// Synthetic data: training images.
     pub synth_train: usize,
+    /// Synthetic data: validation images.
     pub synth_val: usize,
+    /// Synthetic data: seed of the shapes.
     pub seed: u64,
 }
 

@@ -54,9 +54,13 @@ pub struct AugmentConfig {
     /// Side of the square training crop (the network's output size for U-Net); 0 trains on whole
     /// images, which must then all have one size.
     pub crop: usize,
+    /// Random rescaling before the crop: smallest factor.
     pub scale_min: f64,
+    /// Random rescaling: largest factor.
     pub scale_max: f64,
+    /// Random horizontal flips.
     pub hflip: bool,
+    /// Random vertical flips.
     pub vflip: bool,
     /// Rotations by multiples of 90 degrees (EM data has no preferred orientation).
     pub rot90: bool,
@@ -68,7 +72,10 @@ pub struct AugmentConfig {
     /// `elastic_grid` grid drawn with standard deviation `elastic_sigma` pixels, interpolated
     /// smoothly over the image. 0 turns it off.
     pub elastic_sigma: f64,
+    /// Elastic deformation: control points per side (the paper: 3x3).
     pub elastic_grid: usize,
+    /// Input normalisation: imagenet (mean/std), caffe-bgr (the FCN reference), unit ([0, 1]) or
+    /// centered ([-0.5, 0.5]).
     pub normalize: Normalize,
 }
 

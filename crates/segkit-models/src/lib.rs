@@ -88,8 +88,11 @@ impl std::fmt::Display for ModelKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// unet, fcn32s, fcn16s, fcn8s or fcn8s-atonce.
     pub model: ModelKind,
+    /// Output classes, background included (0: from the data).
     pub classes: usize,
+    /// Input channels: 3 for RGB, 1 for grey images (EM).
     pub in_channels: usize,
     /// Width of the first level (64 in both papers); deeper levels are multiples of it.
     pub base_width: usize,

@@ -1,4 +1,6 @@
-//! Run configs: flat, complete TOML files (`configs/*.toml`).
+//! Run configs: flat TOML files (`configs/*.toml`). A hand-written one lists what differs from
+//! its model's defaults ([`recipe_overrides`] over the quick start); the resolved config, stored
+//! in every run, is complete.
 //!
 //! Every section denies unknown keys, so a typo is an error naming the key. `--set key=value`
 //! overrides any key before the file is read into types, so overrides are checked the same way.
@@ -34,26 +36,43 @@ pub struct RunConfig {
 pub struct TrainConfig {
     /// auto | cpu | wgpu | vulkan
     pub device: String,
+    /// Passes over the training split.
     pub epochs: usize,
     /// Stop after this many optimiser steps (0: run all epochs).
     pub max_steps: usize,
+    /// Images per batch.
     pub batch_size: usize,
     /// Gradient accumulation: batches per optimiser step (the FCN reference's `iter_size`).
     pub accum_steps: usize,
+    /// sgd, adam or adamw.
     pub optimizer: OptimizerKind,
+    /// Base learning rate (the schedule scales it).
     pub lr: f64,
+    /// SGD momentum (PyTorch convention: v = mu v + g).
     pub momentum: f64,
+    /// L2 weight decay (adamw: decoupled).
     pub weight_decay: f64,
+    /// Adam: first-moment decay.
     pub beta1: f64,
+    /// Adam: second-moment decay.
     pub beta2: f64,
+    /// Adam: denominator epsilon.
     pub eps: f64,
+    /// Learning-rate multiplier for biases (the FCN reference: 2).
     pub bias_lr_mult: f64,
+    /// Whether biases get weight decay (the FCN reference: no).
     pub bias_decay: bool,
+    /// constant, poly, step or cosine.
     pub schedule: Schedule,
+    /// Linear warm-up from 0 over this many steps.
     pub warmup_steps: usize,
+    /// poly: lr (1 - t/T)^power.
     pub poly_power: f64,
+    /// step: multiply by step_gamma every this many steps.
     pub step_size: usize,
+    /// step: the factor.
     pub step_gamma: f64,
+    /// mean (over valid pixels) or sum (the FCN reference: per image).
     pub loss: Reduction,
     /// Class weights of the loss; empty: none, unless `median_frequency`.
     pub class_weights: Vec<f64>,
@@ -72,7 +91,9 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Loader threads.
     pub workers: usize,
+    /// Batches prepared ahead of the device.
     pub prefetch: usize,
+    /// Seed of everything random in training (shuffling, augmentation, dropout, init).
     pub seed: u64,
     /// FCN: trunk weights to start from (`segkit import vgg16` output, or torchvision's VGG16
     /// `.pth`/`.safetensors` directly); augment.normalize must match what they were trained with.
@@ -118,8 +139,21 @@ impl RunConfig {
         Self::parse(QUICKSTART, "configs/quickstart.toml (built in)", overrides, Path::new("."))
     }
 
+    /// A hand-written config: it lists what differs from the defaults of its model (the model's
+    /// recipe, [`recipe_overrides`], over the quick start's neutral values); missing keys come
+    /// from there (`data.format = "auto"`, `model.classes = 0`: from the data). Unknown keys
+    /// are errors, with the nearest valid key suggested.
     pub fn parse(text: &str, origin: &str, overrides: &[String], base: &Path) -> Result<RunConfig, TrainError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+        let named = |v: Option<&toml::Value>| v.and_then(|v| v.as_str()).and_then(ModelKind::parse);
+        let from_override = overrides.iter().rev().find_map(|o| {
+            let (k, v) = o.split_once('=')?;
+            (k.trim() == "model.model").then(|| ModelKind::parse(v.trim().trim_matches('"'))).flatten()
+        });
+        let kind = from_override
+            .or_else(|| named(table.get("model").and_then(|m| m.get("model"))))
+            .unwrap_or(ModelKind::Unet);
+        merge_missing(&mut table, defaults_table(kind));
         Self::from_table(table, origin, overrides, base)
     }
 
@@ -129,20 +163,7 @@ impl RunConfig {
     /// Unknown keys are still errors.
     pub fn parse_stored(text: &str, origin: &str, overrides: &[String]) -> Result<RunConfig, TrainError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
-        let defaults: toml::Table = toml::from_str(QUICKSTART).expect("the built-in quick start parses");
-        for (section, value) in defaults {
-            match (table.get_mut(&section), value) {
-                (Some(toml::Value::Table(have)), toml::Value::Table(neutral)) => {
-                    for (k, v) in neutral {
-                        have.entry(k).or_insert(v);
-                    }
-                }
-                (None, v) => {
-                    table.insert(section, v);
-                }
-                _ => {}
-            }
-        }
+        merge_missing(&mut table, toml::from_str(QUICKSTART).expect("the built-in quick start parses"));
         Self::from_table(table, origin, overrides, Path::new("."))
     }
 
@@ -157,7 +178,7 @@ impl RunConfig {
             apply_override(&mut table, o).map_err(|m| TrainError::Config(format!("--set {o}: {m}")))?;
         }
         let mut cfg: RunConfig =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| bad(with_suggestion(&e.to_string())))?;
         if cfg.data.format != DataFormat::Synthetic && !cfg.data.root.is_empty() {
             let root = PathBuf::from(&cfg.data.root);
             // A root given on the command line is relative to where the user runs segkit.
@@ -248,6 +269,126 @@ impl RunConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a RunConfig serialises")
     }
+}
+
+/// The doc comment of every config key, by `section.key` (`name` for the top level), read off
+/// the config structs' sources: the comments in `segkit config show` are the code's own.
+pub fn key_docs() -> std::collections::BTreeMap<String, String> {
+    const SOURCES: [(&str, &str, &str); 5] = [
+        ("", "RunConfig", include_str!("config.rs")),
+        ("train", "TrainConfig", include_str!("config.rs")),
+        ("model", "ModelConfig", include_str!("../../segkit-models/src/lib.rs")),
+        ("data", "DataConfig", include_str!("../../segkit-data/src/layout.rs")),
+        ("augment", "AugmentConfig", include_str!("../../segkit-data/src/transform.rs")),
+    ];
+    let mut out = std::collections::BTreeMap::new();
+    for (section, name, src) in SOURCES {
+        let Some(start) = src.find(&format!("pub struct {name} {{")) else { continue };
+        let body = &src[start..];
+        let body = &body[..body.find("\n}").unwrap_or(body.len())];
+        let mut doc: Vec<&str> = Vec::new();
+        for line in body.lines().skip(1) {
+            let t = line.trim();
+            if let Some(d) = t.strip_prefix("///") {
+                doc.push(d.trim());
+            } else if let Some((field, _)) = t.strip_prefix("pub ").and_then(|f| f.split_once(':')) {
+                let key = if section.is_empty() { field.to_string() } else { format!("{section}.{field}") };
+                if !doc.is_empty() {
+                    out.insert(key, doc.join(" "));
+                }
+                doc.clear();
+            } else if !t.starts_with("#[") {
+                doc.clear();
+            }
+        }
+    }
+    out
+}
+
+impl RunConfig {
+    /// The config as TOML with each key's documentation above it, and where a recipe chose the
+    /// value, why.
+    pub fn annotated_toml(&self) -> String {
+        let docs = key_docs();
+        let recipe = recipe_overrides(self.model.model);
+        let why: std::collections::BTreeMap<&str, (&str, &str)> =
+            recipe.iter().filter(|(_, _, w)| !w.is_empty()).map(|(k, v, w)| (*k, (v.as_str(), *w))).collect();
+        let mut out = String::new();
+        let mut section = String::new();
+        for line in self.to_toml().lines() {
+            let t = line.trim();
+            if let Some(s) = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+                section = s.to_string();
+            } else if let Some((k, value)) = t.split_once(" = ") {
+                let key = if section.is_empty() { k.to_string() } else { format!("{section}.{k}") };
+                if let Some(d) = docs.get(&key) {
+                    out.push_str(&format!("# {d}\n"));
+                }
+                // The recipe's reason, where the value is still the recipe's.
+                if let Some((_, w)) = why.get(key.as_str()).filter(|(v, _)| *v == value.trim()) {
+                    out.push_str(&format!("# recipe: {w}\n"));
+                }
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Fills the keys `table` lacks from `defaults`, section by section.
+fn merge_missing(table: &mut toml::Table, defaults: toml::Table) {
+    for (section, value) in defaults {
+        match (table.get_mut(&section), value) {
+            (Some(toml::Value::Table(have)), toml::Value::Table(neutral)) => {
+                for (k, v) in neutral {
+                    have.entry(k).or_insert(v);
+                }
+            }
+            (None, v) => {
+                table.insert(section, v);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The defaults of a hand-written config for `kind`: the quick start's values with the model's
+/// recipe applied.
+fn defaults_table(kind: ModelKind) -> toml::Table {
+    let mut t: toml::Table = toml::from_str(QUICKSTART).expect("the built-in quick start parses");
+    for (k, v, _) in recipe_overrides(kind) {
+        apply_override(&mut t, &format!("{k}={v}")).expect("the recipe's keys exist");
+    }
+    t
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`, ..." with the nearest valid key named.
+fn with_suggestion(msg: &str) -> String {
+    let Some(rest) = msg.split("unknown field `").nth(1) else { return msg.to_string() };
+    let Some((unknown, expected)) = rest.split_once('`') else { return msg.to_string() };
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let nearest = candidates.iter().map(|c| (edit_distance(unknown, c), *c)).min();
+    match nearest {
+        Some((d, c)) if d <= (unknown.len() / 3).max(2) => format!("{msg} (did you mean `{c}`?)"),
+        _ => msg.to_string(),
+    }
+}
+
+/// Levenshtein distance between two keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for j in 0..b.len() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != b[j])).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// The per-model recipe of [`RunConfig::recipe`], as `(key, value, why)`: tuned to give a usable
@@ -357,10 +498,10 @@ mod tests {
     fn stored_configs_from_older_versions_still_load() {
         let cfg = RunConfig::quickstart(&["name=old".into()]).unwrap();
         let old = cfg.to_toml().replace("backbone_weights = \"\"\n", "").replace("val_limit = 0\n", "");
-        assert!(RunConfig::parse(&old, "old", &[], Path::new(".")).is_err(), "a hand-written config must be complete");
         assert_eq!(RunConfig::parse_stored(&old, "old", &[]).unwrap(), cfg);
         let typo = cfg.to_toml().replace("val_limit", "val_limt");
-        assert!(RunConfig::parse_stored(&typo, "typo", &[]).unwrap_err().to_string().contains("val_limt"));
+        let err = RunConfig::parse_stored(&typo, "typo", &[]).unwrap_err().to_string();
+        assert!(err.contains("val_limt") && err.contains("did you mean `val_limit`?"), "{err}");
     }
 
     /// Every model's default recipe is a valid, complete config whose classes come from the
@@ -373,6 +514,32 @@ mod tests {
             assert_eq!(cfg.data.format, DataFormat::Auto);
             assert!(crate::eval::train_window(&cfg).is_ok(), "{kind:?}: the crop fits the model's size rule");
         }
+    }
+
+    /// A hand-written config lists only what differs from its model's defaults: the rest comes
+    /// from the recipe (layout and classes from the data), and the file's keys win.
+    #[test]
+    fn a_config_lists_only_what_differs() {
+        let text = "[model]\nmodel = \"fcn8s\"\nbase_width = 8\n\n[data]\nroot = \"/data/cracks\"\n\n[train]\nlr = 0.01\n";
+        let cfg = RunConfig::parse(text, "small.toml", &[], Path::new(".")).unwrap();
+        assert_eq!((cfg.model.model, cfg.model.base_width, cfg.model.classes), (ModelKind::Fcn8s, 8, 0));
+        assert_eq!((cfg.model.fc_width, cfg.augment.crop), (1024, 320), "the FCN recipe's values");
+        assert_eq!((cfg.data.format, cfg.train.lr, cfg.name.as_str()), (DataFormat::Auto, 0.01, "fcn8s"));
+        let unet = RunConfig::parse("[data]\nroot = \"/d\"\n", "u.toml", &[], Path::new(".")).unwrap();
+        assert_eq!((unet.model.model, unet.augment.crop, unet.model.padded), (ModelKind::Unet, 256, true));
+        assert_eq!(edit_distance("val_limt", "val_limit"), 1);
+    }
+
+    /// `config show` documents every key of the config.
+    #[test]
+    fn every_key_is_documented() {
+        let cfg = RunConfig::quickstart(&[]).unwrap();
+        let docs = key_docs();
+        let flat = crate::trainer::flat_config_keys(&cfg.to_toml());
+        let missing: Vec<&String> = flat.iter().filter(|k| !docs.contains_key(*k)).collect();
+        assert!(missing.is_empty(), "keys without a doc comment: {missing:?}");
+        let text = cfg.annotated_toml();
+        assert!(text.contains("# Base learning rate") && text.contains("lr = "), "{text}");
     }
 
     #[test]

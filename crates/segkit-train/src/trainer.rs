@@ -130,6 +130,11 @@ fn flat_config(text: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
+/// Every `section.key` of a TOML config (for checks that each key is documented).
+pub fn flat_config_keys(text: &str) -> Vec<String> {
+    flat_config(text).map(|m| m.into_keys().collect()).unwrap_or_default()
+}
+
 /// The keys whose values differ between the checkpoint's config and the one in effect now:
 /// `(trajectory-changing, harmless)`, each as "key: old -> new".
 fn config_changes(stored: &str, now: &str) -> (Vec<String>, Vec<String>) {

@@ -6,6 +6,7 @@
 mod alloc;
 mod bench;
 mod compare;
+mod config;
 mod data;
 mod device;
 mod eval;
@@ -34,6 +35,9 @@ enum Command {
     /// Check a dataset, or write the built-in synthetic data to disk.
     #[command(subcommand)]
     Data(data::Command),
+    /// The complete resolved config, each key documented.
+    #[command(subcommand)]
+    Config(config::Command),
     /// Train a model (no CONFIG: the quick start on built-in synthetic data).
     Train(train::Args),
     /// Masks, overlays and per-object JSON for images or folders.
@@ -64,6 +68,7 @@ fn main() {
         Command::Summary(a) => summary::run(a),
         Command::Data(c) => data::run(c),
         Command::Train(a) => train::run(a),
+        Command::Config(c) => config::run(c),
         Command::Eval(a) => eval::run(a),
         Command::ProbeDevice { name } => device::probe_child(&name),
         Command::Bench(a) => bench::run(a),

@@ -181,3 +181,24 @@ fn data_split_writes_lists_that_training_uses() {
     let o = segkit(&["data", "check", ds]);
     assert!(text(&o).contains("val.txt") && text(&o).contains("line 1: no sample `nosuchimage`"), "{}", text(&o));
 }
+
+/// `segkit config show` prints the complete config with each key documented: of a recipe, of a
+/// config file that lists only a few keys, and of a run directory.
+#[test]
+fn config_show_documents_every_key() {
+    let o = segkit(&["config", "show", "--model", "unet"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("# Base learning rate") && t.contains("lr = 0.001") && t.contains("# recipe: "), "{t}");
+    let dir = scratch("config-show");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("small.toml");
+    std::fs::write(&f, "[model]\nmodel = \"fcn16s\"\n\n[data]\nroot = \"/data\"\n\n[train]\nlr = 0.05\n").unwrap();
+    let o = segkit(&["config", "show", f.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("model = \"fcn16s\"") && t.contains("lr = 0.05") && t.contains("fc_width = 1024"), "{t}");
+    std::fs::write(&f, "[train]\nval_limt = 3\n").unwrap();
+    let o = segkit(&["config", "show", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("did you mean `val_limit`?"), "{}", text(&o));
+}
