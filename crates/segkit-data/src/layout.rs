@@ -28,6 +28,19 @@ pub enum DataFormat {
     Synthetic,
 }
 
+impl DataFormat {
+    /// The value of `data.format` that selects this layout.
+    pub fn key(self) -> &'static str {
+        match self {
+            DataFormat::Auto => "auto",
+            DataFormat::Paired => "paired",
+            DataFormat::Voc => "voc",
+            DataFormat::Yolo => "yolo",
+            DataFormat::Synthetic => "synthetic",
+        }
+    }
+}
+
 impl std::fmt::Display for DataFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -282,12 +295,16 @@ impl Dataset {
         } else {
             return Err(DataError::layout(
                 root,
-                "no class names found: add class_names.txt to the dataset, set data.class_names or data.num_classes in \
-                 the config, or pass --classes a,b,... or --num-classes N to `segkit data check`",
+                format!(
+                    "no class names found: add class_names.txt to the dataset, set data.class_names or data.num_classes \
+                     in the config, or pass --classes a,b,... or --num-classes N to `segkit data check`{}",
+                    layout_hint(root, format, config.format)
+                ),
             ));
         }
         if ds.splits.iter().all(|s| s.samples.is_empty()) {
-            return Err(DataError::layout(root, format!("no image/mask pairs found ({format} layout)")));
+            let hint = layout_hint(root, format, config.format);
+            return Err(DataError::layout(root, format!("no image/mask pairs found ({format} layout){hint}")));
         }
         if matches!(format, DataFormat::Paired | DataFormat::Yolo) && root.join(SPLIT_LISTS).is_dir() {
             ds.splits = apply_split_lists(root, std::mem::take(&mut ds.splits))?;
@@ -419,6 +436,19 @@ pub const VOC_CLASSES: [&str; 21] = [
     "train",
     "tvmonitor",
 ];
+
+/// When the config forced `format` on a folder that holds another layout: which, and how to use
+/// it (appended to the error); empty otherwise.
+fn layout_hint(root: &Path, format: DataFormat, configured: DataFormat) -> String {
+    match detect_format(root) {
+        Ok(found) if found != format && configured != DataFormat::Auto => format!(
+            "; the folder looks like the {found} layout: set data.format = \"{}\" (or \"auto\"), or train with --data {}",
+            found.key(),
+            root.display()
+        ),
+        _ => String::new(),
+    }
+}
 
 /// The folder of split lists `segkit data split` writes: `train.txt`, `val.txt`, `test.txt`, one
 /// sample id (the file stem) per line. When it exists, its lists are the dataset's splits.

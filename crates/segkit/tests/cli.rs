@@ -147,6 +147,13 @@ fn own_data_in_one_command() {
         assert!(stored.contains(&format!("classes = {}", names.len() + 1)), "{stored}");
         assert!(stored.contains(&format!("model = \"{model}\"")), "{stored}");
     }
+    // A config that forces another layout on the export: the error says which layout it is.
+    let dir = scratch("own-data-layout");
+    roboflow_export(&dir, &["crack"]);
+    let root = format!("data.root={:?}", dir.display().to_string());
+    let o = segkit(&["train", "--set", "data.format=paired", "--set", &root, "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("looks like the YOLO segmentation layout: set data.format = \"yolo\""), "{}", text(&o));
     let o = segkit(&["train", "--data", "/nonexistent/data.yaml"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("--data /nonexistent/data.yaml: no such folder"), "{}", text(&o));
