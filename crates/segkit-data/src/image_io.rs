@@ -61,6 +61,14 @@ pub fn read_image(path: &Path, channels: usize) -> Result<ImageBuf> {
     Ok(ImageBuf { width, height, channels, data })
 }
 
+/// 1 for a grey image file, 3 for a colour one (alpha ignored).
+pub fn image_channels(path: &Path) -> Result<usize> {
+    let reader = image::ImageReader::open(path).map_err(|e| DataError::io(path, e))?;
+    let reader = reader.with_guessed_format().map_err(|e| DataError::io(path, e))?;
+    let img = reader.decode().map_err(|e| DataError::Image { path: path.into(), msg: e.to_string() })?;
+    Ok(if img.color().has_color() { 3 } else { 1 })
+}
+
 /// Reads only the size of an image file, without decoding its pixels.
 pub fn image_size(path: &Path) -> Result<(usize, usize)> {
     let reader = image::ImageReader::open(path).map_err(|e| DataError::io(path, e))?;

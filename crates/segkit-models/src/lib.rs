@@ -92,7 +92,7 @@ pub struct ModelConfig {
     pub model: ModelKind,
     /// Output classes, background included (0: from the data).
     pub classes: usize,
-    /// Input channels: 3 for RGB, 1 for grey images (EM).
+    /// Input channels: 3 for RGB, 1 for grey images (EM); 0: from the data.
     pub in_channels: usize,
     /// Width of the first level (64 in both papers); deeper levels are multiples of it.
     pub base_width: usize,

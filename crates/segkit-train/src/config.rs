@@ -193,10 +193,14 @@ impl RunConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        // `model.classes = 0` means "from the data": checked again once the data is open.
+        // `model.classes = 0` and `model.in_channels = 0` mean "from the data": checked again once
+        // the data is open.
         let mut model = self.model.clone();
         if model.classes == 0 {
             model.classes = 1;
+        }
+        if model.in_channels == 0 {
+            model.in_channels = 1;
         }
         model.validate().map_err(|e| e.to_string())?;
         let t = &self.train;
@@ -400,7 +404,7 @@ pub fn recipe_overrides(kind: ModelKind) -> Vec<(&'static str, String, &'static 
         ("name", q(kind.name()), "the run folder: the model's name (numbered when taken)"),
         ("model.model", q(kind.name()), "--model"),
         ("model.classes", "0".into(), "from the data"),
-        ("model.in_channels", "3".into(), "images are read as RGB (grey ones replicated)"),
+        ("model.in_channels", "0".into(), "from the data: 1 for grey images, 3 for colour ones"),
         ("data.format", q("auto"), "the layout is detected, as `segkit data check` does"),
         ("data.class_names", "[]".into(), "from the data (data.yaml, class_names.txt, the masks)"),
         ("data.num_classes", "0".into(), "from the data"),
@@ -510,7 +514,7 @@ mod tests {
     fn every_model_has_a_recipe() {
         for kind in [ModelKind::Unet, ModelKind::Fcn8s, ModelKind::Fcn16s, ModelKind::Fcn32s, ModelKind::Fcn8sAtonce] {
             let cfg = RunConfig::recipe(kind, &["train.epochs=3".into(), "data.root=\"/data\"".into()]).unwrap();
-            assert_eq!((cfg.model.model, cfg.model.classes, cfg.train.epochs), (kind, 0, 3));
+            assert_eq!((cfg.model.model, cfg.model.classes, cfg.model.in_channels, cfg.train.epochs), (kind, 0, 0, 3));
             assert_eq!(cfg.data.format, DataFormat::Auto);
             assert!(crate::eval::train_window(&cfg).is_ok(), "{kind:?}: the crop fits the model's size rule");
         }

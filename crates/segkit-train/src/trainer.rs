@@ -332,6 +332,15 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         )));
     }
     let train_samples = ds.split(&cfg.data.train_split)?;
+    if cfg.model.in_channels == 0 {
+        // "From the data": the first training image decides (synthetic data is colour).
+        let first = train_samples.first().and_then(|s| s.image.as_ref());
+        cfg.model.in_channels = match first {
+            Some(path) => segkit_data::image_io::image_channels(path)?,
+            None => 3,
+        };
+        notes.push(format!("{} input channels, from the first training image", cfg.model.in_channels));
+    }
     let mut val_samples = ds.split(&cfg.data.val_split)?;
     for (what, split, n) in [
         ("training", &cfg.data.train_split, train_samples.len()),

@@ -145,6 +145,7 @@ fn own_data_in_one_command() {
         assert!(t.contains(&format!("{} classes from", names.len() + 1)) && t.contains("background"), "{t}");
         let stored = std::fs::read_to_string(out.join("runs").join(model).join("config.toml")).unwrap();
         assert!(stored.contains(&format!("classes = {}", names.len() + 1)), "{stored}");
+        assert!(stored.contains("in_channels = 3") && t.contains("3 input channels, from the first training image"), "{t}");
         assert!(stored.contains(&format!("model = \"{model}\"")), "{stored}");
     }
     // A config that forces another layout on the export: the error says which layout it is.
