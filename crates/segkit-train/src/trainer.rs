@@ -357,6 +357,13 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         val_samples.truncate(t.val_limit);
     }
     let window = train_window(&cfg)?;
+    if let Some(w) = window.filter(|w| w.output != cfg.augment.crop) {
+        // The U-Net's size rule: the crop is rounded up to the next output its geometry allows.
+        notes.push(format!(
+            "augment.crop = {}: the U-Net trains on {}x{} output tiles ({}x{} input), the next size its geometry allows",
+            cfg.augment.crop, w.output, w.output, w.input, w.input
+        ));
+    }
     let is_unet_valid = cfg.model.model == segkit_models::ModelKind::Unet && !cfg.model.padded;
     let spec = LoaderSpec {
         dataset: ds.clone(),
