@@ -26,6 +26,7 @@ SoftmaxWithLoss with normalize: false, i.e. the sum over valid pixels divided by
 (pytorch-fcn: size_average=False, then loss /= len(data)); "mean" is F.cross_entropy's weighted
 mean. Dropout is off (model.dropout = 0): its random stream cannot match.
 """
+import importlib.util
 import json
 import os
 
@@ -40,15 +41,11 @@ OUT = os.path.join(HERE, "..", "crates", "segkit-train", "tests", "fixtures", "p
 VOID = 255
 
 
-def bilinear_weight(c, k):
-    factor = (k + 1) // 2
-    center = factor - 1 if k % 2 == 1 else factor - 0.5
-    og = torch.arange(k, dtype=torch.float32)
-    f = 1 - (og - center).abs() / factor
-    w = torch.zeros(c, c, k, k)
-    for i in range(c):
-        w[i, i] = f[:, None] * f[None, :]
-    return w
+# The bilinear kernel of the reference FCN upsamplers, shared with the benchmark's models.
+_spec = importlib.util.spec_from_file_location("torch_bench", os.path.join(HERE, "..", "bench", "torch_bench.py"))
+_torch_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_torch_bench)
+bilinear_weight = _torch_bench.bilinear_weight
 
 
 VGG = [["conv1_1", "conv1_2"], ["conv2_1", "conv2_2"], ["conv3_1", "conv3_2", "conv3_3"],
@@ -261,6 +258,15 @@ def run(name, model, opt_factory, xs, ys, steps, accum, loss_fn, sched=None, ove
     print(f"{name}: losses {losses[0]:.5f} -> {losses[-1]:.5f}, {os.path.getsize(path) / 1024:.0f} KiB")
 
 
+def unet_overrides(classes, in_ch, depth, padded, bn, batch, crop, steps):
+    """The segkit keys every U-Net case shares: the architecture, the batch and the crop."""
+    return [f"model.model=\"unet\"", f"model.classes={classes}", f"model.in_channels={in_ch}",
+            "model.base_width=4", f"model.depth={depth}", f"model.padded={str(padded).lower()}",
+            f"model.batch_norm={str(bn).lower()}", "train.bias_lr_mult=1", "train.bias_decay=true",
+            "train.warmup_steps=0", "train.loss=\"mean\"", f"train.batch_size={batch}",
+            f"train.max_steps={steps}", f"augment.crop={crop}"]
+
+
 def caffe_sgd(lr, momentum, wd):
     """The FCN Caffe recipe: biases at 2x the learning rate and without weight decay."""
     def make(model):
@@ -314,26 +320,20 @@ def main():
     xs, ys = batches(rng, steps, 1, 1, 204, 20, 2)
     model = UNet(1, 2, 4, 4, padded=False, bn=False)
     run("unet_paper_sgd", model, lambda m: torch.optim.SGD(m.parameters(), lr=1e-2, momentum=0.99), xs, ys, steps, 1,
-        mean(), overrides=["model.model=\"unet\"", "model.classes=2", "model.in_channels=1", "model.base_width=4",
-                           "model.depth=4", "model.padded=false", "model.batch_norm=false", "train.optimizer=\"sgd\"",
-                           "train.momentum=0.99", "train.weight_decay=0", "train.bias_lr_mult=1",
-                           "train.bias_decay=true", "train.schedule=\"constant\"", "train.warmup_steps=0",
-                           "train.lr=1e-2", "train.loss=\"mean\"", "train.batch_size=1", f"train.max_steps={steps}",
-                           "augment.crop=20"],
+        mean(), overrides=unet_overrides(2, 1, 4, False, False, 1, 20, steps)
+        + ["train.optimizer=\"sgd\"", "train.momentum=0.99", "train.weight_decay=0", "train.schedule=\"constant\"",
+           "train.lr=1e-2"],
         reference="U-Net paper: unpadded, SGD momentum 0.99, batch 1 (the paper's weight map left out)")
 
     # Padded U-Net with batch norm and plain SGD: the batch-norm forward, backward and running
     # statistics, without Adam's amplification of float noise (see the case below).
     xs, ys = batches(rng, steps, 2, 3, 48, 48, 3)
-    model = UNet(3, 3, 4, 3, padded=True, bn=True)
     bn_unet = lambda: UNet(3, 3, 4, 3, padded=True, bn=True)
+    model = bn_unet()
     run("unet_bn_sgd", model, lambda m: torch.optim.SGD(m.parameters(), lr=5e-2, momentum=0.9), xs, ys, steps, 1,
-        mean(), overrides=["model.model=\"unet\"", "model.classes=3", "model.in_channels=3", "model.base_width=4",
-                           "model.depth=3", "model.padded=true", "model.batch_norm=true", "train.optimizer=\"sgd\"",
-                           "train.momentum=0.9", "train.weight_decay=0", "train.bias_lr_mult=1",
-                           "train.bias_decay=true", "train.schedule=\"constant\"", "train.warmup_steps=0",
-                           "train.lr=5e-2", "train.loss=\"mean\"", "train.batch_size=2", f"train.max_steps={steps}",
-                           "augment.crop=48"],
+        mean(), overrides=unet_overrides(3, 3, 3, True, True, 2, 48, steps)
+        + ["train.optimizer=\"sgd\"", "train.momentum=0.9", "train.weight_decay=0", "train.schedule=\"constant\"",
+           "train.lr=5e-2"],
         reference="padded U-Net + BatchNorm2d (momentum 0.1, eps 1e-5, unbiased running variance), SGD momentum 0.9",
         model_factory=bn_unet)
 
@@ -342,20 +342,17 @@ def main():
     # size of its gradient, and weights whose gradient is float noise (the conv biases in front of
     # a batch norm have an exactly zero one) then walk at random in either framework.
     xs, ys = batches(rng, 2 * steps, 2, 3, 48, 48, 3)
-    model = UNet(3, 3, 4, 3, padded=True, bn=True)
+    model = bn_unet()
     run("unet_bn_adam_poly_accum2", model,
         lambda m: torch.optim.Adam(m.parameters(), lr=2e-3, betas=(0.9, 0.999), eps=1e-4, weight_decay=1e-4),
         xs, ys, steps, 2, mean(),
         sched=lambda o: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=steps, power=0.9),
-        overrides=["model.model=\"unet\"", "model.classes=3", "model.in_channels=3", "model.base_width=4",
-                   "model.depth=3", "model.padded=true", "model.batch_norm=true", "train.optimizer=\"adam\"",
-                   "train.lr=2e-3", "train.beta1=0.9", "train.beta2=0.999", "train.eps=1e-4",
-                   "train.weight_decay=1e-4", "train.bias_lr_mult=1", "train.bias_decay=true",
-                   "train.schedule=\"poly\"", "train.poly_power=0.9", "train.warmup_steps=0", "train.loss=\"mean\"",
-                   "train.batch_size=2", "train.accum_steps=2", f"train.max_steps={steps}", "augment.crop=48"],
+        overrides=unet_overrides(3, 3, 3, True, True, 2, 48, steps)
+        + ["train.optimizer=\"adam\"", "train.lr=2e-3", "train.beta1=0.9", "train.beta2=0.999", "train.eps=1e-4",
+           "train.weight_decay=1e-4", "train.schedule=\"poly\"", "train.poly_power=0.9", "train.accum_steps=2"],
         reference="padded U-Net + BatchNorm2d (momentum 0.1, eps 1e-5, unbiased running variance), torch.optim.Adam (eps 1e-4) "
                   "with L2 weight decay, PolynomialLR(power 0.9), gradient accumulation 2",
-        model_factory=lambda: UNet(3, 3, 4, 3, padded=True, bn=True))
+        model_factory=bn_unet)
 
 
 if __name__ == "__main__":

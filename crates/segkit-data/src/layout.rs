@@ -467,7 +467,9 @@ fn apply_split_lists(root: &Path, splits: Vec<Split>) -> Result<Vec<Split>> {
             if by_id.insert(id.clone(), sample).is_some() {
                 return Err(DataError::layout(
                     &dir,
-                    format!("two samples are called `{id}` (in different folders): split lists name samples by file stem, so stems must be unique"),
+                    format!(
+                        "two samples are called `{id}` (in different folders): split lists name samples by file stem, so stems must be unique"
+                    ),
                 ));
             }
         }
@@ -484,9 +486,9 @@ fn apply_split_lists(root: &Path, splits: Vec<Split>) -> Result<Vec<Split>> {
         let text = std::fs::read_to_string(&file).map_err(|e| DataError::io(&file, e))?;
         let mut samples = Vec::new();
         for (i, id) in text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty()) {
-            let s = by_id.get(id).ok_or_else(|| {
-                DataError::layout(&file, format!("line {}: no sample `{id}` in the dataset", i + 1))
-            })?;
+            let s = by_id
+                .get(id)
+                .ok_or_else(|| DataError::layout(&file, format!("line {}: no sample `{id}` in the dataset", i + 1)))?;
             samples.push(s.clone());
         }
         out.push(Split { name, samples, orphans: std::mem::take(&mut orphans) });
@@ -504,7 +506,10 @@ pub fn make_split_lists(ds: &Dataset, val: f64, test: f64, seed: u64) -> Result<
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
     if !(0.0..1.0).contains(&val) || !(0.0..1.0).contains(&test) || val + test >= 1.0 {
-        return Err(DataError::layout(&ds.root, format!("--val {val} and --test {test}: fractions in [0, 1) that leave some training data")));
+        return Err(DataError::layout(
+            &ds.root,
+            format!("--val {val} and --test {test}: fractions in [0, 1) that leave some training data"),
+        ));
     }
     let mut ids: Vec<String> = ds.splits.iter().flat_map(|s| s.samples.iter().map(|x| x.id.clone())).collect();
     ids.sort();
@@ -514,7 +519,10 @@ pub fn make_split_lists(ds: &Dataset, val: f64, test: f64, seed: u64) -> Result<
     let take = |f: f64| if f > 0.0 { ((n as f64 * f).round() as usize).max(1) } else { 0 };
     let (n_val, n_test) = (take(val), take(test));
     if n_val + n_test >= n {
-        return Err(DataError::layout(&ds.root, format!("{n} samples: too few to split off {n_val} for val and {n_test} for test")));
+        return Err(DataError::layout(
+            &ds.root,
+            format!("{n} samples: too few to split off {n_val} for val and {n_test} for test"),
+        ));
     }
     let test_ids = ids.split_off(n - n_test);
     let val_ids = ids.split_off(ids.len() - n_val);

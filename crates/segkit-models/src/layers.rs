@@ -147,7 +147,8 @@ impl BatchNorm2d {
         let r = burn::tensor::module::batch_norm_train(x, self.gamma.val(), self.beta.val(), self.epsilon);
         let m = self.momentum;
         let unbiased = if n > 1.0 { r.variance.detach().mul_scalar(n / (n - 1.0)) } else { r.variance.detach() };
-        let mean = self.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - m).add(r.mean.detach().mul_scalar(m));
+        let mean =
+            self.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - m).add(r.mean.detach().mul_scalar(m));
         let var = self.running_var.value_sync().to_device(&device).mul_scalar(1.0 - m).add(unbiased.mul_scalar(m));
         self.running_mean.update(mean.detach());
         self.running_var.update(var.detach());

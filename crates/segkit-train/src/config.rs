@@ -150,9 +150,8 @@ impl RunConfig {
             let (k, v) = o.split_once('=')?;
             (k.trim() == "model.model").then(|| ModelKind::parse(v.trim().trim_matches('"'))).flatten()
         });
-        let kind = from_override
-            .or_else(|| named(table.get("model").and_then(|m| m.get("model"))))
-            .unwrap_or(ModelKind::Unet);
+        let kind =
+            from_override.or_else(|| named(table.get("model").and_then(|m| m.get("model")))).unwrap_or(ModelKind::Unet);
         merge_missing(&mut table, defaults_table(kind));
         Self::from_table(table, origin, overrides, base)
     }
@@ -524,7 +523,8 @@ mod tests {
     /// from the recipe (layout and classes from the data), and the file's keys win.
     #[test]
     fn a_config_lists_only_what_differs() {
-        let text = "[model]\nmodel = \"fcn8s\"\nbase_width = 8\n\n[data]\nroot = \"/data/cracks\"\n\n[train]\nlr = 0.01\n";
+        let text =
+            "[model]\nmodel = \"fcn8s\"\nbase_width = 8\n\n[data]\nroot = \"/data/cracks\"\n\n[train]\nlr = 0.01\n";
         let cfg = RunConfig::parse(text, "small.toml", &[], Path::new(".")).unwrap();
         assert_eq!((cfg.model.model, cfg.model.base_width, cfg.model.classes), (ModelKind::Fcn8s, 8, 0));
         assert_eq!((cfg.model.fc_width, cfg.augment.crop), (1024, 320), "the FCN recipe's values");

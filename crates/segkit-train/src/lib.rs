@@ -108,9 +108,15 @@ impl TrainError {
 fn write_hint(e: &std::io::Error) -> &'static str {
     use std::io::ErrorKind as K;
     match e.kind() {
-        K::StorageFull | K::QuotaExceeded => " (the disk is full: free space and run again; files written before are intact)",
-        K::FileTooLarge => " (over the file-size limit, `ulimit -f`, or the file system's; files written before are intact)",
-        K::PermissionDenied | K::ReadOnlyFilesystem => " (no permission to write there; choose another train.out_dir or -o)",
+        K::StorageFull | K::QuotaExceeded => {
+            " (the disk is full: free space and run again; files written before are intact)"
+        }
+        K::FileTooLarge => {
+            " (over the file-size limit, `ulimit -f`, or the file system's; files written before are intact)"
+        }
+        K::PermissionDenied | K::ReadOnlyFilesystem => {
+            " (no permission to write there; choose another train.out_dir or -o)"
+        }
         _ => "",
     }
 }

@@ -69,7 +69,8 @@ fn zip_entries(b: &[u8]) -> Result<BTreeMap<String, &[u8]>, String> {
         }
         let past_end = || format!("entry {name} runs past the end of the file");
         let header = local.checked_add(30).ok_or_else(past_end)?;
-        let start = header + u16le(b, local.saturating_add(26)).ok_or_else(past_end)?
+        let start = header
+            + u16le(b, local.saturating_add(26)).ok_or_else(past_end)?
             + u16le(b, local.saturating_add(28)).ok_or_else(past_end)?;
         let data = b.get(start..start.checked_add(size).ok_or_else(past_end)?).ok_or_else(past_end)?;
         out.insert(name, data);
@@ -145,9 +146,7 @@ fn nestable(v: &V) -> Result<(), String> {
 fn unpickle(data: &[u8]) -> Result<V, String> {
     let mut budget = 1_000_000usize.saturating_add(data.len().saturating_mul(8));
     let mut copy = |v: &V| -> Result<V, String> {
-        budget = budget
-            .checked_sub(size(v))
-            .ok_or("pickle memo copies exceed the size budget (a crafted file?)")?;
+        budget = budget.checked_sub(size(v)).ok_or("pickle memo copies exceed the size budget (a crafted file?)")?;
         Ok(v.clone())
     };
     let mut stack: Vec<V> = Vec::new();

@@ -160,8 +160,17 @@ fn config_changes(stored: &str, now: &str) -> (Vec<String>, Vec<String>) {
 pub enum Outcome {
     /// `stopped_early`: `train.patience` validations without a better mean IoU ended the run
     /// before its last step.
-    Finished { run_dir: PathBuf, steps: usize, best_miou: f64, best_step: usize, stopped_early: bool },
-    Interrupted { run_dir: PathBuf, step: usize },
+    Finished {
+        run_dir: PathBuf,
+        steps: usize,
+        best_miou: f64,
+        best_step: usize,
+        stopped_early: bool,
+    },
+    Interrupted {
+        run_dir: PathBuf,
+        step: usize,
+    },
 }
 
 /// A fresh run directory under `out_dir`: `name`, or `name-2`, `name-3`, ... if taken.
@@ -517,8 +526,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         }
     };
     let resumed_at = opts.resume.as_ref().map(|_| state.step);
-    let run =
-        Run { cfg: cfg.clone(), dir: dir.clone(), classes, device: device.clone(), saved: resumed_at.into() };
+    let run = Run { cfg: cfg.clone(), dir: dir.clone(), classes, device: device.clone(), saved: resumed_at.into() };
 
     let batches = spec.batches_per_epoch();
     let accum = t.accum_steps;

@@ -115,7 +115,8 @@ fn resume_continues_exactly_and_eval_reproduces_best() {
         let cfg_b = RunConfig::load_stored(&dir_b.join("config.toml"), &[]).unwrap();
         let (b2, losses_b2) = run(cfg_b, Some(dir_b.clone()), usize::MAX);
         assert!(matches!(b2, Outcome::Finished { steps: 8, .. }), "{b2:?}");
-        let resumed: Vec<(usize, u32)> = losses_b1.into_iter().chain(losses_b2).map(|(s, l)| (s, l.to_bits())).collect();
+        let resumed: Vec<(usize, u32)> =
+            losses_b1.into_iter().chain(losses_b2).map(|(s, l)| (s, l.to_bits())).collect();
         let exact: Vec<(usize, u32)> = losses_a.iter().map(|&(s, l)| (s, l.to_bits())).collect();
         assert_eq!(resumed, exact, "stopped after step {stop_at}: losses differ");
         // metrics.csv's train_loss averages every step since the previous validation, across the
@@ -198,7 +199,17 @@ fn exploding_loss_stops_with_advice_and_keeps_the_last_good_checkpoint() {
 fn early_stopping_after_patience_validations() {
     let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let out = scratch("patience");
-    let cfg = tiny(&out, &["name=p", "train.epochs=6", "train.patience=2", "train.lr=1e-12", "train.warmup_steps=0", "model.batch_norm=false"]);
+    let cfg = tiny(
+        &out,
+        &[
+            "name=p",
+            "train.epochs=6",
+            "train.patience=2",
+            "train.lr=1e-12",
+            "train.warmup_steps=0",
+            "model.batch_norm=false",
+        ],
+    );
     let (o, losses) = run(cfg.clone(), None, usize::MAX);
     let Outcome::Finished { run_dir, steps, best_step, stopped_early, .. } = o else { panic!("{o:?}") };
     assert!(stopped_early);

@@ -192,14 +192,18 @@ fn mutated(base: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn checkpoint_bytes() -> Vec<u8> {
-    use std::collections::BTreeMap;
     use segkit_train::checkpoint::{ClassInfo, TrainState};
     use segkit_train::params::HostTensor;
+    use std::collections::BTreeMap;
     let ck = Checkpoint {
         model: BTreeMap::from([("w".to_string(), HostTensor { shape: vec![2, 3], values: vec![0.5; 6] })]),
         optim: BTreeMap::from([("w/m".to_string(), HostTensor { shape: vec![6], values: vec![0.25; 6] })]),
         config: segkit_train::config::QUICKSTART.to_string(),
-        classes: ClassInfo { names: vec!["a".into(), "b".into()], colors: vec![[0, 0, 0], [9, 9, 9]], ignore_index: 255 },
+        classes: ClassInfo {
+            names: vec!["a".into(), "b".into()],
+            colors: vec![[0, 0, 0], [9, 9, 9]],
+            ignore_index: 255,
+        },
         state: TrainState { step: 3, ..Default::default() },
     };
     let p = temp_file(b"");

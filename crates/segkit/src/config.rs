@@ -29,7 +29,8 @@ pub fn run(c: Command) -> Result<i32> {
     let Command::Show(a) = c;
     let mut overrides = Vec::new();
     if let Some(m) = &a.model {
-        let kind = ModelKind::parse(m).with_context(|| format!("--model {m}: expected unet, fcn8s, fcn16s, fcn32s or fcn8s-atonce"))?;
+        let kind = ModelKind::parse(m)
+            .with_context(|| format!("--model {m}: expected unet, fcn8s, fcn16s, fcn32s or fcn8s-atonce"))?;
         overrides.push(format!("model.model={:?}", kind.name()));
     }
     overrides.extend(a.set.iter().cloned());

@@ -125,7 +125,10 @@ fn run_split(a: SplitArgs) -> Result<i32> {
             .with_context(|| format!("writing {}", file.display()))?;
         println!("{}: {} samples", file.display(), ids.len());
     }
-    println!("training on {} now uses these splits (data.train_split = \"train\", data.val_split = \"val\")", a.dataset.display());
+    println!(
+        "training on {} now uses these splits (data.train_split = \"train\", data.val_split = \"val\")",
+        a.dataset.display()
+    );
     Ok(0)
 }
 

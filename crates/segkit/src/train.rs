@@ -264,7 +264,11 @@ pub fn run(a: Args) -> Result<i32> {
         (None, None, Some(data)) => {
             let m = a.model.as_deref().unwrap_or("unet");
             let kind = ModelKind::parse(m).with_context(|| format!("--model {m}: expected {MODELS}"))?;
-            println!("training {} on {} with its default recipe (`segkit train --help`; --set changes any key)", kind.name(), data.display());
+            println!(
+                "training {} on {} with its default recipe (`segkit train --help`; --set changes any key)",
+                kind.name(),
+                data.display()
+            );
             RunConfig::recipe(kind, &overrides)?
         }
         (None, None, None) => {

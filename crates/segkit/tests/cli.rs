@@ -139,13 +139,28 @@ fn own_data_in_one_command() {
         roboflow_export(&data, names);
         let runs = format!("train.out_dir={:?}", out.join("runs").display().to_string());
         let yaml = data.join("data.yaml");
-        let o = segkit(&["train", "--data", yaml.to_str().unwrap(), "--model", model, "--epochs", "1", "--device", "cpu", "--set", &runs]);
+        let o = segkit(&[
+            "train",
+            "--data",
+            yaml.to_str().unwrap(),
+            "--model",
+            model,
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--set",
+            &runs,
+        ]);
         let t = text(&o);
         assert!(o.status.success(), "{model}: {t}");
         assert!(t.contains(&format!("{} classes from", names.len() + 1)) && t.contains("background"), "{t}");
         let stored = std::fs::read_to_string(out.join("runs").join(model).join("config.toml")).unwrap();
         assert!(stored.contains(&format!("classes = {}", names.len() + 1)), "{stored}");
-        assert!(stored.contains("in_channels = 3") && t.contains("3 input channels, from the first training image"), "{t}");
+        assert!(
+            stored.contains("in_channels = 3") && t.contains("3 input channels, from the first training image"),
+            "{t}"
+        );
         assert!(stored.contains(&format!("model = \"{model}\"")), "{stored}");
     }
     // A config that forces another layout on the export: the error says which layout it is.
@@ -166,7 +181,8 @@ fn own_data_in_one_command() {
 #[test]
 fn data_split_writes_lists_that_training_uses() {
     let dir = scratch("split");
-    let o = segkit(&["data", "synth", "--out", dir.to_str().unwrap(), "--count", "20", "--val-count", "0", "--size", "32"]);
+    let o =
+        segkit(&["data", "synth", "--out", dir.to_str().unwrap(), "--count", "20", "--val-count", "0", "--size", "32"]);
     assert!(o.status.success(), "{}", text(&o));
     let ds = dir.to_str().unwrap();
     let o = segkit(&["data", "split", ds, "--val", "0.2", "--test", "0.1", "--seed", "3"]);
@@ -183,7 +199,9 @@ fn data_split_writes_lists_that_training_uses() {
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again).contains("--force"), "{}", text(&again));
     let runs = format!("train.out_dir={:?}", dir.join("runs").display().to_string());
-    let o = segkit(&["train", "--data", ds, "--model", "unet", "--epochs", "1", "--size", "32", "--device", "cpu", "--set", &runs]);
+    let o = segkit(&[
+        "train", "--data", ds, "--model", "unet", "--epochs", "1", "--size", "32", "--device", "cpu", "--set", &runs,
+    ]);
     assert!(o.status.success() && text(&o).contains("14 training / 4 validation images"), "{}", text(&o));
     std::fs::write(dir.join("splits").join("val.txt"), "nosuchimage\n").unwrap();
     let o = segkit(&["data", "check", ds]);
@@ -204,7 +222,13 @@ fn config_show_documents_every_key() {
     std::fs::write(&f, "[model]\nmodel = \"fcn16s\"\n\n[data]\nroot = \"/data\"\n\n[train]\nlr = 0.05\n").unwrap();
     let o = segkit(&["config", "show", f.to_str().unwrap()]);
     let t = text(&o);
-    assert!(o.status.success() && t.contains("model = \"fcn16s\"") && t.contains("lr = 0.05") && t.contains("fc_width = 1024"), "{t}");
+    assert!(
+        o.status.success()
+            && t.contains("model = \"fcn16s\"")
+            && t.contains("lr = 0.05")
+            && t.contains("fc_width = 1024"),
+        "{t}"
+    );
     std::fs::write(&f, "[train]\nval_limt = 3\n").unwrap();
     let o = segkit(&["config", "show", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
