@@ -119,10 +119,7 @@ fn run_split(a: SplitArgs) -> Result<i32> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, ids) in &lists {
         let file = dir.join(format!("{name}.txt"));
-        let tmp = dir.join(format!("{name}.txt.tmp"));
-        std::fs::write(&tmp, ids.iter().map(|i| format!("{i}\n")).collect::<String>())
-            .and_then(|_| std::fs::rename(&tmp, &file))
-            .with_context(|| format!("writing {}", file.display()))?;
+        segkit_train::write_atomic(&file, ids.iter().map(|i| format!("{i}\n")).collect::<String>().as_bytes())?;
         println!("{}: {} samples", file.display(), ids.len());
     }
     println!(

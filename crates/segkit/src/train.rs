@@ -214,6 +214,10 @@ fn flag_overrides(a: &Args) -> Result<Vec<String>> {
     let mut o = Vec::new();
     if let Some(path) = &a.data {
         // A data.yaml names its folder: the YOLO layout is read from there.
+        let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        if path.is_file() && !yaml {
+            anyhow::bail!("--data {}: expected a dataset folder or a YOLO data.yaml", path.display());
+        }
         let root = if path.is_file() { path.parent().map(PathBuf::from).unwrap_or_default() } else { path.clone() };
         if !root.is_dir() {
             anyhow::bail!("--data {}: no such folder or data.yaml", path.display());

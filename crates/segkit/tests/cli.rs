@@ -170,6 +170,10 @@ fn own_data_in_one_command() {
     let o = segkit(&["train", "--set", "data.format=paired", "--set", &root, "--device", "cpu"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("looks like the YOLO segmentation layout: set data.format = \"yolo\""), "{}", text(&o));
+    let img = dir.join("train").join("images").join("img0.png");
+    let o = segkit(&["train", "--data", img.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("expected a dataset folder or a YOLO data.yaml"), "{}", text(&o));
     let o = segkit(&["train", "--data", "/nonexistent/data.yaml"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("--data /nonexistent/data.yaml: no such folder"), "{}", text(&o));
