@@ -23,12 +23,22 @@ pub enum Normalize {
     Centered,
 }
 
+/// What a [`Normalize`] computes, as numbers: `out[c] = (pixel[src(c)] * scale - mean[c]) / std[c]`
+/// with `src(c) = channels - 1 - c` when `bgr` (Caffe's channel order), else `c`. Written into
+/// exported models so that a deployer can prepare inputs without segkit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormParams {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// Applied to the 0-255 pixel value before the mean is subtracted.
+    pub scale: f32,
+    pub bgr: bool,
+}
+
 impl Normalize {
-    /// Writes `img` normalised into `out` as CHW.
-    pub fn apply(self, img: &ImageBuf, out: &mut [f32]) {
-        let (hw, c) = (img.width * img.height, img.channels);
-        debug_assert_eq!(out.len(), hw * c);
-        let (mean, std, scale, bgr): ([f32; 3], [f32; 3], f32, bool) = match (self, c) {
+    /// The numbers behind this normalisation for an image of `channels` channels.
+    pub fn params(self, channels: usize) -> NormParams {
+        let (mean, std, scale, bgr): ([f32; 3], [f32; 3], f32, bool) = match (self, channels) {
             (Normalize::Imagenet, 3) => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1.0 / 255.0, false),
             (Normalize::Imagenet, _) => ([0.449; 3], [0.226; 3], 1.0 / 255.0, false),
             (Normalize::CaffeBgr, 3) => ([104.00699, 116.66877, 122.67892], [1.0; 3], 1.0, true),
@@ -36,6 +46,14 @@ impl Normalize {
             (Normalize::Unit, _) => ([0.0; 3], [1.0; 3], 1.0 / 255.0, false),
             (Normalize::Centered, _) => ([0.5; 3], [1.0; 3], 1.0 / 255.0, false),
         };
+        NormParams { mean, std, scale, bgr }
+    }
+
+    /// Writes `img` normalised into `out` as CHW.
+    pub fn apply(self, img: &ImageBuf, out: &mut [f32]) {
+        let (hw, c) = (img.width * img.height, img.channels);
+        debug_assert_eq!(out.len(), hw * c);
+        let NormParams { mean, std, scale, bgr } = self.params(c);
         for ch in 0..c {
             let src = if bgr { c - 1 - ch } else { ch };
             let (m, s) = (mean[ch], std[ch]);

@@ -58,8 +58,8 @@ pub struct VggTaps<T> {
     pub fc7: T,
 }
 
-/// One stage: its convolutions with their names, then its pooling.
-type Stage<'a> = (Vec<(&'static str, &'a Conv2d)>, (&'static str, &'a MaxPool2d));
+/// One stage: its convolutions with their reference names, then its pooling and its name.
+pub type Stage<'a> = (Vec<(&'static str, &'a Conv2d)>, (&'static str, &'a MaxPool2d));
 
 impl Vgg16 {
     /// `base` is conv1's width (64 in VGG16; stages use base, 2, 4, 8, 8 times it), `fc` the width
@@ -98,7 +98,8 @@ impl Vgg16 {
         VggTaps { pool3: out(&self.conv3_3), pool4: out(&self.conv4_3), fc7: out(&self.fc7) }
     }
 
-    fn stages(&self) -> [Stage<'_>; 5] {
+    /// The five stages in order: their convolutions by reference name, then their pooling.
+    pub fn stages(&self) -> [Stage<'_>; 5] {
         [
             (vec![("conv1_1", &self.conv1_1), ("conv1_2", &self.conv1_2)], ("pool1", &self.pool1)),
             (vec![("conv2_1", &self.conv2_1), ("conv2_2", &self.conv2_2)], ("pool2", &self.pool2)),

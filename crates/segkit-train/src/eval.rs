@@ -1,7 +1,7 @@
 //! Evaluation over a whole split: one confusion matrix, the loss, and a few predictions kept for
 //! pictures. Shared by validation during training and by `segkit eval`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::prelude::*;
 use segkit_data::transform::eval_transform;
@@ -9,11 +9,10 @@ use segkit_data::{Dataset, HostBatch, ImageBuf, SampleRef, Window};
 use segkit_models::{ModelConfig, ModelKind, SegModel, input_size_for_output, unet_output_size};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, ClassInfo};
 use crate::config::RunConfig;
 use crate::loss::{Reduction, cross_entropy};
 use crate::metrics::{ConfusionMatrix, Scores};
-use crate::params::{self, to_f32, to_i64};
+use crate::params::{to_f32, to_i64};
 use crate::{TrainError, write_atomic};
 
 /// Network input size and output margin for evaluating a whole `h x w` image: FCN takes it as
@@ -133,61 +132,8 @@ pub struct EvalReport {
     pub scores: Scores,
 }
 
-/// A trained model with everything needed to run it.
-pub struct Loaded {
-    pub config: RunConfig,
-    pub classes: ClassInfo,
-    pub model: SegModel,
-    pub checkpoint: PathBuf,
-    pub step: usize,
-    /// Training state at the checkpoint: step, time, metric history.
-    pub state: crate::checkpoint::TrainState,
-}
-
-/// The checkpoint file of `run`: the file itself, or `best.safetensors` (else `last`) in a run
-/// directory.
-pub fn checkpoint_path(run: &Path) -> Result<PathBuf, TrainError> {
-    if run.is_file() {
-        return Ok(run.to_path_buf());
-    }
-    for name in ["best.safetensors", "last.safetensors"] {
-        let p = run.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(TrainError::checkpoint(
-        run,
-        "no checkpoint here (expected best.safetensors or last.safetensors in a run directory)",
-    ))
-}
-
-/// Loads a run's model onto `device` (no autodiff).
-pub fn load_run(run: &Path, device: &Device) -> Result<Loaded, TrainError> {
-    if run.is_file() && crate::export::is_export(run) {
-        let (config, classes, model) = crate::export::load(run, device)?;
-        return Ok(Loaded {
-            config,
-            classes,
-            model,
-            checkpoint: run.to_path_buf(),
-            step: 0,
-            state: Default::default(),
-        });
-    }
-    let path = checkpoint_path(run)?;
-    let ck = Checkpoint::load(&path)?;
-    let config = RunConfig::parse_stored(&ck.config, &format!("{} (config)", path.display()), &[])?;
-    let model = SegModel::new(&config.model, device)?;
-    let (model, report) = params::load(model, &ck.model);
-    if !report.missing.is_empty() || !report.mismatched.is_empty() {
-        return Err(TrainError::checkpoint(
-            &path,
-            format!("weights do not fit the model: missing {:?}, mismatched {:?}", report.missing, report.mismatched),
-        ));
-    }
-    Ok(Loaded { config, classes: ck.classes, model, checkpoint: path, step: ck.state.step, state: ck.state })
-}
+// Opening a model moved to `model_file`; these names stay for the callers.
+pub use crate::model_file::{Loaded, checkpoint_path, open_model as load_run};
 
 impl EvalReport {
     pub fn write(&self, path: &Path) -> Result<(), TrainError> {

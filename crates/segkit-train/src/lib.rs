@@ -6,24 +6,24 @@
 //! metrics come from one confusion matrix over a whole split.
 
 pub mod bench;
-pub mod checkpoint;
 pub mod compare;
 pub mod config;
 pub mod device;
 pub mod eval;
-pub mod export;
-pub mod import;
 pub mod lock;
 pub mod loss;
 pub mod metrics;
+pub mod model_file;
 pub mod objects;
 pub mod optim;
 pub mod params;
 pub mod plot;
 pub mod predict;
 pub mod selftest;
-pub mod torchfile;
 pub mod trainer;
+
+// The model-file modules live under `model_file`; these keep their old paths working.
+pub use model_file::{checkpoint, export, import, onnx, torchfile};
 
 use std::path::{Path, PathBuf};
 

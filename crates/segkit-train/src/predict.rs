@@ -22,7 +22,7 @@ use crate::checkpoint::ClassInfo;
 use crate::config::RunConfig;
 use crate::eval::eval_geometry;
 use crate::objects::{Object, find_objects};
-use crate::params::to_f32;
+use crate::params::{HostTensor, to_f32};
 
 /// A model ready to predict.
 pub struct Predictor {
@@ -185,6 +185,28 @@ impl Predictor {
         Ok(out)
     }
 
+    /// The network's input and raw output (logits) for one pass over the whole image, as
+    /// `segkit eval` runs it: FCN takes the image as it is; a U-Net takes the smallest valid input
+    /// whose output covers the image, the context mirrored (one tile). What an exported model is
+    /// checked against (`segkit predict --save-logits`, scripts/check_onnx.py).
+    pub fn network_pass(&self, img: &ImageBuf) -> Result<(HostTensor, HostTensor), TrainError> {
+        let m = &self.config.model;
+        let img = img.clone().with_channels(m.in_channels);
+        let ((in_h, in_w), margin) = eval_geometry(m, img.height, img.width)?;
+        let no_labels = vec![0u8; img.height * img.width];
+        let (inp, _, _) = cut(&img, &no_labels, 0, 0, in_h - 2 * margin, in_w - 2 * margin, margin, true, 0);
+        let mut data = vec![0f32; inp.data.len()];
+        self.normalize().apply(&inp, &mut data);
+        let shape = [1, inp.channels, inp.height, inp.width];
+        let x = Tensor::<4>::from_data(TensorData::new(data.clone(), shape), &self.device);
+        let logits = self.model.forward(x);
+        let out_shape = logits.dims().to_vec();
+        Ok((
+            HostTensor { shape: shape.to_vec(), values: data },
+            HostTensor { shape: out_shape, values: to_f32(logits) },
+        ))
+    }
+
     pub fn predict(&self, img: &ImageBuf, opts: &PredictOptions) -> Result<Prediction, TrainError> {
         let probs = self.probabilities(img)?;
         let (h, w, c) = (img.height, img.width, self.config.model.classes);
@@ -206,6 +228,25 @@ impl Predictor {
         let objects = find_objects(&mask, &confidence, w, h, &self.classes.names, &opts.skip_classes, opts.min_area);
         Ok(Prediction { width: w, height: h, mask, confidence, class_areas, objects })
     }
+}
+
+/// Writes a float32 tensor as a NumPy `.npy` file (format 1.0, little-endian, C order), the
+/// format every Python tool reads.
+pub fn write_npy(path: &Path, t: &HostTensor) -> Result<(), TrainError> {
+    let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + 4 * t.values.len());
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend(t.values.iter().flat_map(|v| v.to_le_bytes()));
+    crate::write_atomic(path, &bytes)
 }
 
 /// Copies the top-left `h x w` part (or less at the borders) of `src` (`[C, sh, sw]`) into `dst`

@@ -42,7 +42,7 @@ enum Command {
     Train(train::Args),
     /// Masks, overlays and per-object JSON for images or folders.
     Predict(predict::Args),
-    /// Write a run's weights as safetensors under PyTorch state-dict names.
+    /// Write a run's model as safetensors (PyTorch state-dict names) or ONNX (any runtime).
     Export(export::Args),
     /// Evaluate runs side by side: report.md, report.csv, curves, per-class IoU, samples.
     Compare(compare::Args),

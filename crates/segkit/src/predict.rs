@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use segkit_data::image_io::{read_image, write_palette_png};
 use segkit_train::device;
-use segkit_train::predict::{PredictOptions, Predictor, overlay};
+use segkit_train::predict::{PredictOptions, Predictor, overlay, write_npy};
 
 use crate::progress;
 
@@ -29,6 +29,11 @@ pub struct Args {
     /// U-Net output tile / FCN window side (default: the training crop).
     #[arg(long)]
     tile: Option<usize>,
+    /// Also write STEM_input.npy and STEM_logits.npy: the network's input and raw output for one
+    /// pass over the whole image (as `segkit eval` runs it), to check an exported model against
+    /// (scripts/check_onnx.py).
+    #[arg(long)]
+    save_logits: bool,
 }
 
 const IMAGE_EXT: [&str; 7] = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"];
@@ -76,7 +81,7 @@ pub fn run(a: Args) -> Result<i32> {
     let mut failed = 0;
     for f in &files {
         bar.inc(1);
-        if let Err(e) = one(&predictor, f, &a.out, &opts) {
+        if let Err(e) = one(&predictor, f, &a.out, &opts, a.save_logits) {
             bar.println(format!("{}: {e:#}", f.display()));
             failed += 1;
         }
@@ -86,10 +91,15 @@ pub fn run(a: Args) -> Result<i32> {
     Ok(i32::from(failed > 0))
 }
 
-fn one(p: &Predictor, file: &Path, out: &Path, opts: &PredictOptions) -> Result<()> {
+fn one(p: &Predictor, file: &Path, out: &Path, opts: &PredictOptions, save_logits: bool) -> Result<()> {
     let img = read_image(file, 3)?;
     let pred = p.predict(&img, opts)?;
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if save_logits {
+        let (input, logits) = p.network_pass(&img)?;
+        write_npy(&out.join(format!("{stem}_input.npy")), &input)?;
+        write_npy(&out.join(format!("{stem}_logits.npy")), &logits)?;
+    }
     write_palette_png(&out.join(format!("{stem}_mask.png")), pred.width, pred.height, &pred.mask, &p.classes.colors)?;
     overlay(&img, &pred, &p.classes).save(&out.join(format!("{stem}_overlay.png")))?;
     let areas: serde_json::Map<String, serde_json::Value> =

@@ -190,7 +190,7 @@ fn summary(run_dir: &std::path::Path, best_step: usize) {
     let d = run_dir.display();
     println!("next: segkit eval {d}");
     println!("      segkit predict {d} IMAGES_OR_FOLDER --out predictions/");
-    println!("      segkit export {d} -o model.safetensors");
+    println!("      segkit export {d} -o model.onnx        # or model.safetensors for PyTorch");
 }
 
 /// A flag raised by Ctrl-C; a second Ctrl-C exits at once.

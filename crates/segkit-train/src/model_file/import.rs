@@ -9,7 +9,7 @@ use burn::prelude::*;
 use safetensors::tensor::Dtype;
 use segkit_data::Normalize;
 use segkit_data::layout::VOC_CLASSES;
-use segkit_models::{ModelConfig, ModelKind, SegModel};
+use segkit_models::{ModelKind, SegModel};
 
 use crate::TrainError;
 use crate::checkpoint::{ClassInfo, bytes_of, write_safetensors};
@@ -130,14 +130,8 @@ pub fn import_fcn(
     class_names: Option<Vec<String>>,
 ) -> Result<usize, TrainError> {
     let sd = read_state_dict(input)?;
-    let score = sd
-        .get("score_fr.weight")
-        .ok_or_else(|| TrainError::checkpoint(input, "`score_fr.weight` missing: not an FCN state dict"))?;
-    let n = score.shape[0];
-    let mut model_cfg = ModelConfig::paper(kind, n);
-    model_cfg.base_width = sd.get("conv1_1.weight").map_or(64, |t| t.shape[0]);
-    model_cfg.fc_width = score.shape[1];
-    model_cfg.in_channels = sd.get("conv1_1.weight").map_or(3, |t| t.shape[1]);
+    let model_cfg = super::fcn_config_from_state_dict(&sd, Some(kind)).map_err(|m| TrainError::checkpoint(input, m))?;
+    let n = model_cfg.classes;
     let names = match class_names {
         Some(v) => v,
         None if n == 21 => VOC_CLASSES.iter().map(|s| s.to_string()).collect(),

@@ -25,6 +25,8 @@ use crate::params::{self, HostTensor};
 /// Version 2 carries a payload checksum (see `checkpoint::verify_checksum`).
 pub(crate) const FORMAT: &str = "segkit-export-2";
 const FORMAT_V1: &str = "segkit-export-1";
+/// Every export format this version reads.
+pub const FORMATS: [&str; 2] = [FORMAT_V1, FORMAT];
 
 /// segkit parameter path -> PyTorch state-dict name.
 pub fn torch_name(path: &str) -> String {

@@ -20,6 +20,8 @@ use crate::{TrainError, write_atomic};
 /// checksum) still read.
 const FORMAT: &str = "segkit-checkpoint-2";
 const FORMAT_V1: &str = "segkit-checkpoint-1";
+/// Every checkpoint format this version reads.
+pub const FORMATS: [&str; 2] = [FORMAT_V1, FORMAT];
 
 /// JSON has no NaN or infinity: serde_json writes them as `null` and then refuses to read that
 /// `null` back as a number, which made a checkpoint whose history held a NaN (a validation with
