@@ -91,10 +91,14 @@ impl Prediction {
 impl Predictor {
     /// From a run directory, a checkpoint, or a file written by `segkit export`.
     pub fn load(path: &Path, device: &Device) -> Result<Predictor, TrainError> {
-        let l = crate::eval::load_run(path, device)?;
+        Ok(Self::from_loaded(crate::model_file::open_model(path, device)?, device))
+    }
+
+    /// From an opened model file (whose `notes` the caller may want to show first).
+    pub fn from_loaded(l: crate::model_file::Loaded, device: &Device) -> Predictor {
         let (config, classes, model) = (l.config, l.classes, l.model);
         let tile = if config.augment.crop > 0 { config.augment.crop } else { 512 };
-        Ok(Predictor { config, classes, model, device: device.clone(), tile, max_side: 1024 })
+        Predictor { config, classes, model, device: device.clone(), tile, max_side: 1024 }
     }
 
     fn normalize(&self) -> Normalize {

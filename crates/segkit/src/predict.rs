@@ -64,7 +64,11 @@ fn collect(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 pub fn run(a: Args) -> Result<i32> {
     let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
-    let mut predictor = Predictor::load(&a.run, &dev)?;
+    let loaded = segkit_train::model_file::open_model(&a.run, &dev)?;
+    for note in &loaded.notes {
+        eprintln!("note: {note}");
+    }
+    let mut predictor = Predictor::from_loaded(loaded, &dev);
     if let Some(t) = a.tile {
         predictor.tile = t;
     }

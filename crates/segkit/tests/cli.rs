@@ -162,6 +162,35 @@ fn own_data_in_one_command() {
             "{t}"
         );
         assert!(stored.contains(&format!("model = \"{model}\"")), "{stored}");
+
+        // The run as deployers take it: ONNX with a mask output, read back; bad options named.
+        let run = out.join("runs").join(model);
+        let onnx = out.join("model.onnx");
+        let o = segkit(&["export", run.to_str().unwrap(), "-o", onnx.to_str().unwrap(), "--argmax"]);
+        assert!(o.status.success() && text(&o).contains("outputs: logits, mask"), "{}", text(&o));
+        let info = segkit_train::onnx::read_onnx(&onnx).unwrap();
+        assert_eq!((info.outputs.as_slice(), info.opset), (&["logits".to_string(), "mask".to_string()][..], 17));
+        assert_eq!(info.metadata["class_names"].matches(',').count(), names.len(), "{}", info.metadata["class_names"]);
+        let o = segkit(&["export", run.to_str().unwrap(), "-o", "x.bin", "--format", "tflite"]);
+        assert!(!o.status.success() && text(&o).contains("unknown format `tflite`"), "{}", text(&o));
+        let o = segkit(&["export", run.to_str().unwrap(), "-o", "x.safetensors", "--argmax"]);
+        assert!(!o.status.success() && text(&o).contains("--format onnx only"), "{}", text(&o));
+        // --save-logits: the network's input and output next to the mask.
+        let image = std::fs::read_dir(data.join("valid").join("images")).unwrap().next().unwrap().unwrap().path();
+        let pred = out.join("pred");
+        let o = segkit(&[
+            "predict",
+            run.to_str().unwrap(),
+            image.to_str().unwrap(),
+            "--out",
+            pred.to_str().unwrap(),
+            "--save-logits",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let stem = image.file_stem().unwrap().to_string_lossy().into_owned();
+        for suffix in ["_input.npy", "_logits.npy", "_mask.png"] {
+            assert!(pred.join(format!("{stem}{suffix}")).is_file(), "{stem}{suffix} missing");
+        }
     }
     // A config that forces another layout on the export: the error says which layout it is.
     let dir = scratch("own-data-layout");

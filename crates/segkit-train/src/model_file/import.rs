@@ -8,12 +8,10 @@ use std::path::Path;
 use burn::prelude::*;
 use safetensors::tensor::Dtype;
 use segkit_data::Normalize;
-use segkit_data::layout::VOC_CLASSES;
 use segkit_models::{ModelKind, SegModel};
 
 use crate::TrainError;
-use crate::checkpoint::{ClassInfo, bytes_of, write_safetensors};
-use crate::config::RunConfig;
+use crate::checkpoint::{bytes_of, write_safetensors};
 use crate::params::{self, HostTensor};
 use crate::torchfile::read_state_dict;
 
@@ -131,21 +129,7 @@ pub fn import_fcn(
 ) -> Result<usize, TrainError> {
     let sd = read_state_dict(input)?;
     let model_cfg = super::fcn_config_from_state_dict(&sd, Some(kind)).map_err(|m| TrainError::checkpoint(input, m))?;
-    let n = model_cfg.classes;
-    let names = match class_names {
-        Some(v) => v,
-        None if n == 21 => VOC_CLASSES.iter().map(|s| s.to_string()).collect(),
-        None => (0..n).map(|i| format!("class{i}")).collect(),
-    };
-    if names.len() != n {
-        return Err(TrainError::Config(format!("{} class names given, the model has {n} classes", names.len())));
-    }
-    let mut cfg = RunConfig::quickstart(&[])?;
-    cfg.name = format!("imported-{kind}");
-    cfg.model = model_cfg;
-    cfg.data.class_names = names.clone();
-    cfg.augment.normalize = Normalize::CaffeBgr;
-    cfg.augment.crop = 0;
+    let (cfg, classes) = super::state_dict_run_config(model_cfg, Normalize::CaffeBgr, class_names)?;
     let device = Device::flex();
     let model = SegModel::new(&cfg.model, &device)?;
     let by_path: BTreeMap<String, HostTensor> = {
@@ -163,7 +147,5 @@ pub fn import_fcn(
             ),
         ));
     }
-    let colors = (0..n).map(|i| segkit_data::classes::voc_color(i as u8)).collect();
-    let classes = ClassInfo { names, colors, ignore_index: 255 };
     crate::export::export(&model, &cfg, &classes, out, false)
 }

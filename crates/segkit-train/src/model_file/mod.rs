@@ -84,7 +84,7 @@ pub fn open_model(path: &Path, device: &Device) -> Result<Loaded, TrainError> {
     let is_pth = file.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "pth" | "pt" | "bin"));
     let format = if is_pth { None } else { checkpoint::read_header_metadata(&file)?.remove("format") };
     match format.as_deref() {
-        Some(f) if f.starts_with("segkit-export-") && export::is_export(&file) => {
+        Some(f) if export::FORMATS.contains(&f) => {
             let (config, classes, model) = export::load(&file, device)?;
             Ok(Loaded {
                 config,
@@ -97,14 +97,12 @@ pub fn open_model(path: &Path, device: &Device) -> Result<Loaded, TrainError> {
                 notes: Vec::new(),
             })
         }
-        Some(f) if f.starts_with(import::BACKBONE_FORMAT.trim_end_matches('1')) => Err(TrainError::checkpoint(
+        Some(f) if f.starts_with("segkit-backbone-") => Err(TrainError::checkpoint(
             &file,
             "an FCN trunk (conv1_1 ... fc7) written by `segkit import vgg16`, not a whole model: \
              train from it with `--set train.backbone_weights=...`",
         )),
-        Some(f) if f.starts_with("segkit-checkpoint-") && checkpoint::FORMATS.contains(&f) => {
-            open_checkpoint(&file, device)
-        }
+        Some(f) if checkpoint::FORMATS.contains(&f) => open_checkpoint(&file, device),
         Some(f) if f.starts_with("segkit-") => Err(TrainError::checkpoint(
             &file,
             format!(
@@ -238,18 +236,35 @@ fn infer_run_config(sd: &BTreeMap<String, HostTensor>) -> Result<(RunConfig, Cla
                 .to_string(),
         );
     };
+    let (cfg, classes) = state_dict_run_config(model, normalize, None).map_err(|e| e.to_string())?;
+    Ok((cfg, classes, notes))
+}
+
+/// The run config and classes that go with weights from outside segkit: `model`, inputs
+/// normalised as `normalize`, whole images; class names given, else VOC's for a 21-class FCN,
+/// else `class0`, `class1`, ...; VOC colours; void 255.
+pub(crate) fn state_dict_run_config(
+    model: ModelConfig,
+    normalize: Normalize,
+    class_names: Option<Vec<String>>,
+) -> Result<(RunConfig, ClassInfo), TrainError> {
     let n = model.classes;
-    let mut cfg = RunConfig::quickstart(&[]).map_err(|e| e.to_string())?;
-    cfg.name = format!("state-dict-{}", model.model);
+    let names: Vec<String> = match class_names {
+        Some(v) => v,
+        None if n == 21 && model.model.is_fcn() => {
+            segkit_data::layout::VOC_CLASSES.iter().map(|s| s.to_string()).collect()
+        }
+        None => (0..n).map(|i| format!("class{i}")).collect(),
+    };
+    if names.len() != n {
+        return Err(TrainError::Config(format!("{} class names given, the model has {n} classes", names.len())));
+    }
+    let mut cfg = RunConfig::quickstart(&[])?;
+    cfg.name = format!("imported-{}", model.model);
     cfg.model = model;
     cfg.augment.normalize = normalize;
     cfg.augment.crop = 0;
-    let names: Vec<String> = if n == 21 && cfg.model.model.is_fcn() {
-        segkit_data::layout::VOC_CLASSES.iter().map(|s| s.to_string()).collect()
-    } else {
-        (0..n).map(|i| format!("class{i}")).collect()
-    };
     cfg.data.class_names = names.clone();
     let colors = (0..n).map(|i| segkit_data::classes::voc_color(i as u8)).collect();
-    Ok((cfg, ClassInfo { names, colors, ignore_index: 255 }, notes))
+    Ok((cfg, ClassInfo { names, colors, ignore_index: 255 }))
 }

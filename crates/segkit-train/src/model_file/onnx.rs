@@ -562,17 +562,19 @@ impl<'a> Builder<'a> {
         Ok(self.crop_at("score", &out, f.offsets.final_crop, input)) // H x W
     }
 
+    /// conv, (batch norm,) ReLU, twice, as `DoubleConv::forward`.
     fn double_conv(&mut self, prefix: &str, x: &str, b: &DoubleConv) -> Result<String, TrainError> {
-        let mut y = self.conv(&format!("{prefix}.conv1"), &format!("{prefix}.conv1"), x, &b.conv1)?;
-        if let Some(bn) = &b.bn1 {
-            y = self.batch_norm(&format!("{prefix}.bn1"), &format!("{prefix}.bn1"), &y, bn)?;
+        let mut y = x.to_string();
+        for (k, conv, bn) in [(1, &b.conv1, &b.bn1), (2, &b.conv2, &b.bn2)] {
+            let name = format!("{prefix}.conv{k}");
+            y = self.conv(&name, &name, &y, conv)?;
+            if let Some(bn) = bn {
+                let name = format!("{prefix}.bn{k}");
+                y = self.batch_norm(&name, &name, &y, bn)?;
+            }
+            y = self.relu(&format!("{prefix}.relu{k}"), &y);
         }
-        let y = self.relu(&format!("{prefix}.relu1"), &y);
-        let mut y = self.conv(&format!("{prefix}.conv2"), &format!("{prefix}.conv2"), &y, &b.conv2)?;
-        if let Some(bn) = &b.bn2 {
-            y = self.batch_norm(&format!("{prefix}.bn2"), &format!("{prefix}.bn2"), &y, bn)?;
-        }
-        Ok(self.relu(&format!("{prefix}.relu2"), &y))
+        Ok(y)
     }
 
     /// U-Net, as `Unet::forward`.
