@@ -6,8 +6,8 @@
 # Smoke:   bench/gpu.sh --smoke     (same steps at tiny sizes; for a CPU machine with lavapipe)
 #
 # Steps, each under its own time limit so that the whole script stays within 8 minutes:
-#   1. segkit selftest on wgpu and vulkan (the GPU against the CPU: forward, gradients, training,
-#      resume, predict);
+#   1. segkit selftest on wgpu (WGSL compiler) and vulkan (SPIR-V compiler): the GPU against the
+#      CPU (forward, gradients, training, resume, predict);
 #   2. segkit bench (train and infer) for FCN-8s 512x512 batch 8 and U-Net 572x572 batch 4 on wgpu
 #      and vulkan, next to bench/torch_bench.py on the same GPU: eager fp32 and channels_last.
 #      PyTorch runs with its defaults: TF32 off for matmuls, on for cuDNN convolutions;
@@ -29,8 +29,9 @@ if ! [ -x "$SEGKIT" ]; then
     exit 2
 fi
 
+# wgpu = cubecl's WGSL compiler, vulkan = its SPIR-V compiler (docs/GPU.md); on lavapipe too.
 if [ $smoke = 1 ]; then
-    devices=(vulkan opengl) torch_dev=cpu
+    devices=(wgpu vulkan) torch_dev=cpu
     cases=("fcn8s 64 1 --base-width 4" "unet 188 1 --base-width 4")
     train_s=60 limit=120
 else

@@ -33,6 +33,8 @@ pub struct HostBatch {
     pub channels: usize,
     pub in_hw: (usize, usize),
     pub out_hw: (usize, usize),
+    /// `[B, H', W']`: the U-Net border weights of each label tile, when the loader computes them.
+    pub border: Option<Vec<f32>>,
 }
 
 impl HostBatch {
@@ -53,7 +55,24 @@ impl HostBatch {
             images.extend_from_slice(&p.image);
             labels.extend_from_slice(&p.labels);
         }
-        Ok(HostBatch { images, labels, batch, channels, in_hw, out_hw })
+        Ok(HostBatch { images, labels, batch, channels, in_hw, out_hw, border: None })
+    }
+
+    /// Computes the border weights of every label tile (`crate::regions::border_weights`).
+    pub fn add_border_weights(&mut self, b: &BorderSpec, ignore: u8) {
+        let (h, w) = self.out_hw;
+        let weights = self
+            .labels
+            .chunks(h * w)
+            .flat_map(|tile| crate::regions::border_weights(tile, w, h, b.cell_class, ignore, b.w0, b.sigma))
+            .collect();
+        self.border = Some(weights);
+    }
+
+    /// The border weights as a `[B, H', W']` tensor on `device`, if computed.
+    pub fn border_to_device(&self, device: &Device) -> Option<Tensor<3>> {
+        let b = self.border.as_ref()?;
+        Some(Tensor::<3>::from_data(TensorData::new(b.clone(), [self.batch, self.out_hw.0, self.out_hw.1]), device))
     }
 
     /// The Batcher's job: `[B, C, H, W]` float and `[B, H', W']` int tensors on `device`.
@@ -65,6 +84,14 @@ impl HostBatch {
         let targets = Tensor::<3, Int>::from_data(TensorData::new(labels, [b, self.out_hw.0, self.out_hw.1]), device);
         (images, targets)
     }
+}
+
+/// The U-Net paper's border weights (`crate::regions`): which class the cells are, and w0, sigma.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BorderSpec {
+    pub cell_class: u8,
+    pub w0: f32,
+    pub sigma: f32,
 }
 
 /// Everything a training loader needs.
@@ -83,6 +110,8 @@ pub struct LoaderSpec {
     pub workers: usize,
     /// Batches built ahead of the consumer.
     pub prefetch: usize,
+    /// Compute the U-Net border weights of every label tile (`train.border_weights`).
+    pub border: Option<BorderSpec>,
 }
 
 impl LoaderSpec {
@@ -116,7 +145,11 @@ impl LoaderSpec {
                 seed,
             ));
         }
-        HostBatch::stack(items, self.channels).map_err(DataError::Config)
+        let mut batch = HostBatch::stack(items, self.channels).map_err(DataError::Config)?;
+        if let Some(b) = &self.border {
+            batch.add_border_weights(b, self.dataset.classes.ignore_index);
+        }
+        Ok(batch)
     }
 
     /// Starts workers for `epoch`, yielding batches `start..batches_per_epoch()` in order.

@@ -187,6 +187,7 @@ fn loader_is_deterministic_and_resumable() {
         channels: 3,
         batch_size: 4,
         seed: 5,
+        border: None,
         workers,
         prefetch: 2,
     };

@@ -78,6 +78,15 @@ pub struct TrainConfig {
     pub class_weights: Vec<f64>,
     /// Compute median-frequency class weights from the training split.
     pub median_frequency: bool,
+    /// The U-Net paper's loss weight map (its equation 2), for two-class cell/membrane masks: pixels
+    /// between cells get `border_w0 * exp(-(d1 + d2)^2 / (2 border_sigma^2))` added to their class
+    /// weight (d1, d2: distances to the nearest and second-nearest cell), so that the net learns to
+    /// separate touching cells. Computed on every augmented label tile.
+    pub border_weights: bool,
+    /// Border weights: w0, the largest added weight (the paper: 10).
+    pub border_w0: f64,
+    /// Border weights: sigma in pixels (the paper: about 5).
+    pub border_sigma: f64,
     /// Validate every this many epochs (0: not by epochs).
     pub val_every: usize,
     /// Also validate every this many optimiser steps (0: not by steps).
@@ -230,6 +239,12 @@ impl RunConfig {
         }
         if self.data.format != DataFormat::Synthetic && self.data.root.is_empty() {
             return Err("data.root is empty: set it to the dataset folder".into());
+        }
+        if !(t.border_w0 >= 0.0 && t.border_w0.is_finite() && t.border_sigma > 0.0 && t.border_sigma.is_finite()) {
+            return Err(format!(
+                "train.border_w0 = {} and train.border_sigma = {}: w0 must be 0 or more and sigma positive",
+                t.border_w0, t.border_sigma
+            ));
         }
         if !t.class_weights.is_empty() && t.class_weights.len() != self.model.classes {
             return Err(format!(

@@ -1,14 +1,20 @@
 //! Picking the device: a real GPU through wgpu when there is one, else Burn's CPU backend.
 //!
-//! Device names (`train.device`, `--device`):
+//! Device names (`train.device`, `--device`), each with the shader compiler cubecl uses on it:
 //! - `cpu`: Burn's flex backend.
-//! - `wgpu`: Burn's wgpu runtime on the graphics API it prefers (Vulkan on Linux and Windows,
-//!   where cubecl compiles kernels to SPIR-V; Metal on macOS).
-//! - `vulkan`: pinned to Vulkan (SPIR-V), a discrete GPU first.
-//! - `opengl`: pinned to OpenGL, where cubecl compiles kernels to WGSL (translated to GLSL by
-//!   naga). This is the WGSL compiler path; on a CPU-only machine it runs on Mesa's llvmpipe.
-//! - `auto`: a discrete or integrated GPU through wgpu, else the CPU. Software adapters
-//!   (lavapipe, llvmpipe) are never chosen by `auto`: flex is much faster than they are.
+//! - `wgpu`: wgpu's default adapter on the graphics API it prefers (Vulkan on Linux and Windows,
+//!   Metal on macOS), with cubecl's **WGSL** compiler (naga translates WGSL to the API's shader
+//!   language): the portable path.
+//! - `vulkan`: pinned to Vulkan, a discrete GPU first, with cubecl's **SPIR-V** compiler (Vulkan
+//!   1.3 features, cooperative matrices on NVIDIA): the fast path on Linux.
+//! - `opengl`: pinned to OpenGL, WGSL translated to GLSL by naga; for machines without Vulkan.
+//! - `auto`: a discrete or integrated GPU through wgpu with the fastest compiler (SPIR-V on
+//!   Vulkan), else the CPU. Software adapters (lavapipe, llvmpipe) are never chosen by `auto`:
+//!   flex is much faster than they are.
+//!
+//! Invariant: the compiler choice is process-wide and read when a device is first used
+//! (`cubecl_wgpu::vulkan::set_wgsl_on_vulkan`, a segkit patch of cubecl, patches/README.md), so a
+//! process opens one GPU device name; the CLI and the GPU tests open exactly one.
 
 use burn::prelude::*;
 use burn::tensor::DeviceKind;
@@ -65,14 +71,16 @@ pub fn select(name: &str) -> Result<(Device, String), TrainError> {
     match name {
         "cpu" => Ok(cpu()),
         "wgpu" => {
+            cubecl_wgpu::vulkan::set_wgsl_on_vulkan(true);
             let d = Device::wgpu(DeviceKind::DefaultDevice);
             if works(&d) {
-                Ok((d, with_adapter("GPU through wgpu (default adapter)", Api::Auto)))
+                Ok((d, with_adapter("GPU through wgpu/WGSL (default adapter)", Api::Auto)))
             } else {
                 Err(TrainError::Device(format!("no wgpu adapter could be opened; {}", no_adapter_hint())))
             }
         }
         "vulkan" => {
+            cubecl_wgpu::vulkan::set_wgsl_on_vulkan(false);
             for (kind, what) in
                 [(DeviceKind::DiscreteGpu(0), "discrete GPU 0"), (DeviceKind::DefaultDevice, "default adapter")]
             {
@@ -94,12 +102,13 @@ pub fn select(name: &str) -> Result<(Device, String), TrainError> {
         }
         "auto" => {
             // Only real GPUs: a software rasteriser (llvmpipe, lavapipe) is slower than flex.
+            cubecl_wgpu::vulkan::set_wgsl_on_vulkan(false);
             for (kind, what) in
                 [(DeviceKind::DiscreteGpu(0), "discrete GPU 0"), (DeviceKind::IntegratedGpu(0), "integrated GPU 0")]
             {
                 let d = Device::wgpu(kind);
                 if works(&d) {
-                    return Ok((d, format!("GPU through wgpu ({what})")));
+                    return Ok((d, format!("GPU through wgpu ({what}; SPIR-V on Vulkan)")));
                 }
             }
             let (d, what) = cpu();

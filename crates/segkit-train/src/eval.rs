@@ -4,12 +4,14 @@
 use std::path::Path;
 
 use burn::prelude::*;
+use burn::tensor::activation::softmax;
 use segkit_data::transform::eval_transform;
 use segkit_data::{Dataset, HostBatch, ImageBuf, SampleRef, Window};
 use segkit_models::{ModelConfig, ModelKind, SegModel, input_size_for_output, unet_output_size};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
+use crate::isbi::{IsbiAccumulator, IsbiScores, cell_class};
 use crate::loss::{Reduction, cross_entropy};
 use crate::metrics::{ConfusionMatrix, Scores};
 use crate::params::{to_f32, to_i64};
@@ -60,6 +62,8 @@ pub struct EvalPass {
     pub forward_s: f64,
     /// Network input size of the first image.
     pub input_hw: (usize, usize),
+    /// The ISBI 2012 challenge's pixel and Rand error, for two-class data (`crate::isbi`).
+    pub isbi: Option<IsbiAccumulator>,
 }
 
 /// Runs `model` (on a device without autodiff) over `samples`.
@@ -81,6 +85,8 @@ pub fn evaluate(
     let mut kept = Vec::new();
     let mut per_image = Vec::with_capacity(samples.len());
     let (mut forward_s, mut input_hw) = (0f64, (0, 0));
+    let cell = cell_class(&ds.classes.names);
+    let mut isbi = (n == 2).then(|| IsbiAccumulator::new(cell, ignore));
     for (i, s) in samples.iter().enumerate() {
         progress(i, samples.len());
         let (img, labels) = ds.load(s, cfg.model.in_channels)?;
@@ -98,6 +104,14 @@ pub fn evaluate(
         let [_, _, oh, ow] = logits.dims();
         let pred: Vec<u8> = to_i64(logits.clone().argmax(1).reshape([oh, ow])).into_iter().map(|v| v as u8).collect();
         forward_s += t0.elapsed().as_secs_f64();
+        // The image's own pixels of an output that may be larger (U-Net tiles, padded inputs).
+        let crop = |v: &[u8]| (0..h).flat_map(|y| v[y * ow..y * ow + w].to_vec()).collect::<Vec<u8>>();
+        if let Some(acc) = isbi.as_mut() {
+            let c = cell as usize;
+            let prob = to_f32(softmax(logits.clone(), 1).slice([0..1, c..c + 1, 0..oh, 0..ow]));
+            let prob: Vec<f32> = (0..h).flat_map(|y| prob[y * ow..y * ow + w].to_vec()).collect();
+            acc.add(&crop(&batch.labels), &prob, w, h);
+        }
         loss_sum += to_f32(cross_entropy(logits, y, ignore as i64, weights, Reduction::Sum))[0] as f64;
         valid += batch.labels.iter().filter(|&&l| (l as usize) < n).count() as u64;
         let mut one = ConfusionMatrix::new(n);
@@ -105,7 +119,6 @@ pub fn evaluate(
         cm.merge(&one);
         per_image.push(one);
         if kept.len() < keep {
-            let crop = |v: &[u8]| (0..h).flat_map(|y| v[y * ow..y * ow + w].to_vec()).collect::<Vec<u8>>();
             kept.push((img, crop(&batch.labels), crop(&pred)));
         }
     }
@@ -117,6 +130,7 @@ pub fn evaluate(
         per_image,
         forward_s,
         input_hw,
+        isbi,
     })
 }
 
@@ -130,6 +144,9 @@ pub struct EvalReport {
     pub loss: f64,
     pub classes: Vec<String>,
     pub scores: Scores,
+    /// The ISBI 2012 challenge's figures, for two-class data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isbi: Option<IsbiScores>,
 }
 
 // Opening a model moved to `model_file`; these names stay for the callers.

@@ -10,6 +10,7 @@ pub mod compare;
 pub mod config;
 pub mod device;
 pub mod eval;
+pub mod isbi;
 pub mod lock;
 pub mod loss;
 pub mod metrics;

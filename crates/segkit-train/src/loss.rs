@@ -32,6 +32,20 @@ pub fn cross_entropy(
     weights: Option<&Tensor<1>>,
     reduction: Reduction,
 ) -> Tensor<1> {
+    cross_entropy_weighted(logits, targets, ignore, weights, None, reduction)
+}
+
+/// [`cross_entropy`] with a per-pixel weight `[B, H, W]` added to each valid pixel's class weight
+/// (1 without class weights): the U-Net paper's weight map `w_c(x) + border(x)`
+/// (`segkit_data::regions::border_weights`). `mean` then divides by the summed weights.
+pub fn cross_entropy_weighted(
+    logits: Tensor<4>,
+    targets: Tensor<3, Int>,
+    ignore: i64,
+    weights: Option<&Tensor<1>>,
+    pixel_extra: Option<Tensor<3>>,
+    reduction: Reduction,
+) -> Tensor<1> {
     let [b, c, h, w] = logits.dims();
     let invalid = targets.clone().equal_elem(ignore).bool_or(targets.clone().greater_equal_elem(c as i64));
     let valid = invalid.clone().bool_not().float(); // [B, H, W]
@@ -41,9 +55,13 @@ pub fn cross_entropy(
     let pixel_w = match weights {
         Some(wt) => {
             let per_pixel = wt.clone().select(0, safe.reshape([b * h * w])).reshape([b, h, w]);
-            per_pixel * valid
+            per_pixel * valid.clone()
         }
-        None => valid,
+        None => valid.clone(),
+    };
+    let pixel_w = match pixel_extra {
+        Some(extra) => pixel_w + extra * valid,
+        None => pixel_w,
     };
     let total = (picked.neg() * pixel_w.clone()).sum();
     match reduction {

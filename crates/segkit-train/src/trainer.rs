@@ -23,7 +23,7 @@ use segkit_models::SegModel;
 use crate::checkpoint::{Checkpoint, ClassInfo, MetricsRow, TrainState};
 use crate::config::RunConfig;
 use crate::eval::{evaluate, train_window};
-use crate::loss::{cross_entropy, median_frequency_weights};
+use crate::loss::{cross_entropy_weighted, median_frequency_weights};
 use crate::metrics::Scores;
 use crate::optim::{LrSchedule, Optimizer};
 use crate::params::{self, HostTensor, to_f32};
@@ -374,6 +374,24 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         ));
     }
     let is_unet_valid = cfg.model.model == segkit_models::ModelKind::Unet && !cfg.model.padded;
+    let border = if t.border_weights {
+        if cfg.model.classes != 2 {
+            return Err(TrainError::Config(format!(
+                "train.border_weights needs two-class cell/membrane masks; this data has {} classes",
+                cfg.model.classes
+            )));
+        }
+        let cell_class = crate::isbi::cell_class(&ds.classes.names);
+        notes.push(format!(
+            "border weights: w0 {} sigma {} px between cells of class {cell_class} ({})",
+            t.border_w0,
+            t.border_sigma,
+            ds.classes.names.get(cell_class as usize).map_or("?", String::as_str)
+        ));
+        Some(segkit_data::BorderSpec { cell_class, w0: t.border_w0 as f32, sigma: t.border_sigma as f32 })
+    } else {
+        None
+    };
     let spec = LoaderSpec {
         dataset: ds.clone(),
         samples: Arc::new(train_samples.clone()),
@@ -385,6 +403,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         seed: t.seed,
         workers: t.workers.max(1),
         prefetch: t.prefetch.max(1),
+        border,
     };
     let classes = ClassInfo {
         names: ds.classes.names.clone(),
@@ -559,7 +578,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         let epoch = state.epoch;
         let mut loader = spec.epoch(epoch as u64, state.batch);
         // The batches of the step in progress (more than one with gradient accumulation).
-        let mut group: Vec<(Tensor<4>, Tensor<3, Int>)> = Vec::with_capacity(accum);
+        let mut group: Vec<StepBatch> = Vec::with_capacity(accum);
         let mut tick = Instant::now();
         let mut images = 0usize;
         let mut usable = (batches / accum) * accum;
@@ -580,7 +599,8 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                 }
             };
             images += batch.batch;
-            group.push(batch.to_device(&ad));
+            let (x, y) = batch.to_device(&ad);
+            group.push(StepBatch { images: x, labels: y, border: batch.border_to_device(&ad) });
             if group.len() < accum.min(usable) {
                 continue;
             }
@@ -734,6 +754,20 @@ impl StepSpec {
     }
 }
 
+/// One batch on the training device.
+pub struct StepBatch {
+    pub images: Tensor<4>,
+    pub labels: Tensor<3, Int>,
+    /// The U-Net border weights per label pixel (`train.border_weights`), added to the class weights.
+    pub border: Option<Tensor<3>>,
+}
+
+impl From<(Tensor<4>, Tensor<3, Int>)> for StepBatch {
+    fn from((images, labels): (Tensor<4>, Tensor<3, Int>)) -> Self {
+        StepBatch { images, labels, border: None }
+    }
+}
+
 /// What one optimiser step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum StepOutcome {
@@ -749,11 +783,11 @@ pub enum StepOutcome {
 /// backward, with the loss and the gradients checked for finiteness; then the update at `lr`.
 /// The training loop runs every step through here, and so does `tests/parity.rs`, with
 /// PyTorch's batches, against PyTorch's losses and weights.
-pub fn optimiser_step(
+pub fn optimiser_step<B: Into<StepBatch>>(
     model: SegModel,
     opt: &mut Optimizer,
     lr: f64,
-    batches: Vec<(Tensor<4>, Tensor<3, Int>)>,
+    batches: Vec<B>,
     spec: &StepSpec,
     step: usize,
 ) -> (SegModel, StepOutcome) {
@@ -761,10 +795,11 @@ pub fn optimiser_step(
     let mut single = None;
     let mut total = 0f32;
     let n = batches.len();
-    for (i, (x, y)) in batches.into_iter().enumerate() {
+    for (i, batch) in batches.into_iter().enumerate() {
+        let StepBatch { images: x, labels: y, border } = batch.into();
         x.device().seed(mix_seed(spec.seed, (step * spec.accum + i) as u64));
         let logits = model.forward(x);
-        let mut loss = cross_entropy(logits, y, spec.ignore, spec.weights.as_ref(), spec.reduction);
+        let mut loss = cross_entropy_weighted(logits, y, spec.ignore, spec.weights.as_ref(), border, spec.reduction);
         if spec.accum > 1 {
             loss = loss.div_scalar(spec.accum as f64);
         }

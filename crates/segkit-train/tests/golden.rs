@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use segkit_models::layers::{bilinear_kernel, bilinear_up, max_pool};
 use segkit_models::{Fcn, FcnOptions, FcnVariant, Unet, UnetOptions};
-use segkit_train::loss::{Reduction, cross_entropy};
+use segkit_train::loss::{Reduction, cross_entropy, cross_entropy_weighted};
 use segkit_train::optim::{OptimSettings, Optimizer, OptimizerKind};
 use segkit_train::params::{self, HostTensor, to_f32};
 use serde_json::Value;
@@ -161,6 +161,38 @@ fn all_void_batch_gives_zero_loss() {
     for r in [Reduction::Mean, Reduction::Sum] {
         assert_eq!(to_f32(cross_entropy(logits.clone(), targets.clone(), 255, None, r)), vec![0.0]);
     }
+}
+
+/// The per-pixel term of the U-Net weight map adds to each valid pixel's class weight, and `mean`
+/// divides by the summed weights: checked against the formula computed by hand.
+#[test]
+fn per_pixel_weights_add_to_the_class_weights() {
+    let device = Device::flex();
+    // One image, 2 classes, 1x3 pixels: logits favour class 0 everywhere.
+    let logits = Tensor::<4>::from_data(TensorData::new(vec![2.0f32, 1.0, 0.0, 0.0, 0.5, 1.0], [1, 2, 1, 3]), &device);
+    let targets = Tensor::<3, Int>::from_data(TensorData::new(vec![0i64, 1, 255], [1, 1, 3]), &device);
+    let class_w = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 3.0], [2]), &device);
+    let extra = Tensor::<3>::from_data(TensorData::new(vec![0.5f32, 2.0, 7.0], [1, 1, 3]), &device);
+    let nll = |own: f64, other: f64| -(own - (own.exp() + other.exp()).ln());
+    // Pixel 0: class 0, weight 1 + 0.5; pixel 1: class 1, weight 3 + 2; pixel 2: void, nothing.
+    let (w0, w1) = (1.5, 5.0);
+    let (l0, l1) = (nll(2.0, 0.0), nll(0.5, 1.0));
+    let want_mean = (w0 * l0 + w1 * l1) / (w0 + w1);
+    let got = cross_entropy_weighted(
+        logits.clone(),
+        targets.clone(),
+        255,
+        Some(&class_w),
+        Some(extra.clone()),
+        Reduction::Mean,
+    );
+    assert!((to_f32(got)[0] as f64 - want_mean).abs() < 1e-6);
+    let got = cross_entropy_weighted(logits.clone(), targets.clone(), 255, Some(&class_w), Some(extra), Reduction::Sum);
+    assert!((to_f32(got)[0] as f64 - (w0 * l0 + w1 * l1)).abs() < 1e-5);
+    // Without the extra term it is the class-weighted loss.
+    let plain = cross_entropy(logits.clone(), targets.clone(), 255, Some(&class_w), Reduction::Mean);
+    let none = cross_entropy_weighted(logits, targets, 255, Some(&class_w), None, Reduction::Mean);
+    assert_eq!(to_f32(plain), to_f32(none));
 }
 
 #[derive(Module, Debug)]

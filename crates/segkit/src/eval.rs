@@ -46,6 +46,7 @@ pub fn run(a: Args) -> Result<i32> {
         loss: pass.loss,
         classes: loaded.classes.names.clone(),
         scores,
+        isbi: pass.isbi.as_ref().map(|a| a.scores()),
     };
     if a.run.is_dir() {
         report.write(&a.run.join("eval.json"))?;
@@ -70,6 +71,13 @@ pub fn run(a: Args) -> Result<i32> {
     ];
     for (name, v) in rows {
         println!("{name:<24}{v:.4}");
+    }
+    if let Some(i) = &report.isbi {
+        let cell = report.classes.get(i.cell_class as usize).map_or("class 1", String::as_str);
+        println!("ISBI 2012 challenge metrics (regions: 4-connected `{cell}` pixels, per image):");
+        println!("{:<24}{:.4}", "pixel error", i.pixel_error);
+        println!("{:<24}{:.4} (best threshold {:.1})", "Rand error", i.rand_error, i.rand_threshold);
+        println!("{:<24}{:.4}", "Rand error at 0.5", i.rand_error_at_half);
     }
     println!();
     println!("{:<20} {:>8} {:>8} {:>8} {:>12}", "class", "IoU", "acc", "Dice", "pixels");

@@ -15,7 +15,8 @@ const STACK: &str = "Burn 0.22.1, cubecl 0.11.3, wgpu 30.0.2";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The GPU to check against the CPU: auto (the first real GPU), wgpu, vulkan or opengl.
+    /// The GPU to check against the CPU: auto (the first real GPU, with the compiler `--device auto`
+    /// trains with), wgpu (WGSL compiler), vulkan (SPIR-V compiler) or opengl.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Internal: run the checks in this process (the parent reads their lines).
@@ -40,7 +41,9 @@ pub fn run(a: Args) -> Result<i32> {
             if chosen == "cpu" {
                 bail!("--device auto found no GPU to check; name one (--device wgpu, vulkan or opengl)");
             }
-            "wgpu".to_string()
+            // What `auto` trains with: SPIR-V on a Vulkan adapter, else wgpu's own choice.
+            let vulkan = segkit_train::device::adapter_for(segkit_train::device::Api::Vulkan);
+            if vulkan.is_some_and(|a| !a.is_software()) { "vulkan" } else { "wgpu" }.to_string()
         }
         "cpu" => bail!("selftest compares a GPU with the CPU: use --device auto, wgpu, vulkan or opengl"),
         other => other.to_string(),
