@@ -291,7 +291,7 @@ def main():
     torch.manual_seed(12)
     rng = np.random.default_rng(12)
     steps, classes = 10, 4
-    fcn_common = ["model.base_width=2", "model.fc_width=8", "model.dropout=0", f"model.classes={classes}",
+    fcn_common = ["model.base_width=2", "model.fc_width=8", "model.dropout=0", "model.batch_norm=false", f"model.classes={classes}",
                   "train.optimizer=\"sgd\"", "train.momentum=0.99", "train.weight_decay=0.0005",
                   "train.bias_lr_mult=2", "train.bias_decay=false", "train.schedule=\"constant\"",
                   "train.warmup_steps=0", "train.batch_size=2", f"train.max_steps={steps}"]

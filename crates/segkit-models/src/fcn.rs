@@ -13,7 +13,8 @@
 //! - crop offsets are derived from the layers' geometry at construction ([`crate::geometry`]),
 //!   so the output is exactly the input size for every input size.
 //!
-//! Deviation: none in the architecture. Dropout uses Burn's RNG, so runs are reproducible per
+//! Deviation: none in the architecture by default; `batch_norm` adds a batch norm after each trunk
+//! convolution (torchvision's `vgg16_bn`, see [`crate::vgg`]) for from-scratch CPU recipes. Dropout uses Burn's RNG, so runs are reproducible per
 //! seed but do not reproduce Caffe's random streams.
 
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
@@ -80,12 +81,14 @@ pub struct FcnOptions {
     pub fc_width: usize,
     pub dropout: f64,
     pub learnable_upsampling: bool,
+    /// Batch norm after each trunk convolution (`vgg16_bn`); off in the paper.
+    pub batch_norm: bool,
 }
 
 impl Fcn {
     pub fn new(o: &FcnOptions, device: &Device) -> Result<Self, ModelError> {
         let n = o.n_classes;
-        let vgg = Vgg16::new(o.in_channels, o.base_width, o.fc_width, o.dropout, device);
+        let vgg = Vgg16::new(o.in_channels, o.base_width, o.fc_width, o.dropout, o.batch_norm, device);
         let ch = vgg.tap_channels();
         let up = |k, s| Some(bilinear_up(n, k, s, o.learnable_upsampling, device));
         let (p4, p3) = match o.variant {

@@ -106,7 +106,8 @@ pub struct ModelConfig {
     pub depth: usize,
     /// U-Net: "same" 3x3 convolutions instead of the paper's unpadded ones.
     pub padded: bool,
-    /// U-Net: batch norm after each convolution (not in the paper).
+    /// Batch norm after each convolution (U-Net) or each VGG trunk convolution (FCN, as
+    /// torchvision's vgg16_bn); in neither paper.
     pub batch_norm: bool,
 }
 
@@ -203,6 +204,7 @@ impl SegModel {
             fc_width: config.fc_width,
             dropout: config.dropout,
             learnable_upsampling: config.learnable_upsampling,
+            batch_norm: config.batch_norm,
         };
         Ok(SegModel::Fcn(Fcn::new(&o, device)?))
     }

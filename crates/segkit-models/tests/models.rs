@@ -33,6 +33,28 @@ fn fcn_output_is_input_size() {
 }
 
 #[test]
+fn fcn_with_batch_norm() {
+    // Batch norm keeps every shape (and so every crop offset).
+    for kind in [ModelKind::Fcn32s, ModelKind::Fcn8s] {
+        let mut c = narrow(kind, 3);
+        c.batch_norm = true;
+        check_forward(&c, 33, 47, (33, 47));
+    }
+    // The 13 trunk convolutions have 4,224 channels: torchvision's vgg16_bn adds a gamma and a
+    // beta per channel (8,448 parameters) and a running mean and variance (8,448 buffers); Burn's
+    // `num_params` counts all four (16,896).
+    let mut cfg = ModelConfig::paper(ModelKind::Fcn8s, 21);
+    let plain = SegModel::new(&cfg, &Device::flex()).unwrap().num_params();
+    cfg.batch_norm = true;
+    let bn = SegModel::new(&cfg, &Device::flex()).unwrap();
+    assert_eq!(bn.num_params(), plain + 4 * 4_224);
+    let s = bn.summary(&cfg, [3, 64, 64]).unwrap();
+    let norms: Vec<&str> = s.layers.iter().filter(|l| l.name.starts_with("bn")).map(|l| l.name.as_str()).collect();
+    assert_eq!(norms.len(), 13);
+    assert_eq!((norms[0], norms[12]), ("bn1_1", "bn5_3"));
+}
+
+#[test]
 fn unet_shapes() {
     // Unpadded depth 2: 44 -> 4 (the tiny_unet case), 60 -> 20.
     let mut c = narrow(ModelKind::Unet, 3);

@@ -37,6 +37,8 @@ pub struct RunResult {
     pub train_seconds: f64,
     pub history: Vec<crate::checkpoint::MetricsRow>,
     pub predictions: Vec<Vec<u8>>,
+    /// The ISBI 2012 challenge's pixel and Rand error, for two-class data.
+    pub isbi: Option<crate::isbi::IsbiScores>,
 }
 
 pub struct Comparison {
@@ -159,6 +161,7 @@ pub fn compare(
             train_seconds: state.elapsed_s,
             history: state.history,
             predictions: pass.kept.into_iter().map(|(_, _, p)| p).collect(),
+            isbi: pass.isbi.as_ref().map(|a| a.scores()),
         });
     }
     let (data_cfg, ds, split_samples) = data.expect("at least one run");
@@ -193,6 +196,10 @@ impl Comparison {
         for c in &self.classes {
             let _ = write!(csv, ",iou_{c}");
         }
+        let isbi = self.runs.iter().any(|r| r.isbi.is_some());
+        if isbi {
+            csv.push_str(",isbi_pixel_error,isbi_rand_error,isbi_rand_threshold,isbi_rand_error_at_half");
+        }
         csv.push('\n');
         for r in &self.runs {
             let s = &r.scores;
@@ -220,6 +227,17 @@ impl Comparison {
             );
             for v in &s.class_iou {
                 let _ = write!(csv, ",{}", v.map_or(String::new(), |v| format!("{v:.6}")));
+            }
+            match (&r.isbi, isbi) {
+                (Some(i), _) => {
+                    let _ = write!(
+                        csv,
+                        ",{:.6},{:.6},{:.1},{:.6}",
+                        i.pixel_error, i.rand_error, i.rand_threshold, i.rand_error_at_half
+                    );
+                }
+                (None, true) => csv.push_str(",,,,"),
+                (None, false) => {}
             }
             csv.push('\n');
         }
@@ -276,6 +294,26 @@ impl Comparison {
                     signed(a.mean_dice - b.mean_dice),
                     if overlap { "yes: the mean-IoU intervals overlap" } else { "no" }
                 );
+            }
+        }
+        if self.runs.iter().any(|r| r.isbi.is_some()) {
+            md.push_str(
+                "\n## ISBI 2012 challenge figures\n\nPixel error at the network's decision; foreground-restricted Rand \
+                 error (1 - F) at the best threshold of the sweep and at probability 0.5 (`crate::isbi`).\n\n\
+                 | run | pixel error | Rand error (threshold) | Rand error at 0.5 |\n| --- | --- | --- | --- |\n",
+            );
+            for r in &self.runs {
+                if let Some(i) = &r.isbi {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} ({:.1}) | {} |",
+                        r.name,
+                        f4(i.pixel_error),
+                        f4(i.rand_error),
+                        i.rand_threshold,
+                        f4(i.rand_error_at_half)
+                    );
+                }
             }
         }
         md.push_str("\n## IoU per class\n\n| class |");

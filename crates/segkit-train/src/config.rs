@@ -456,6 +456,7 @@ pub fn recipe_overrides(kind: ModelKind) -> Vec<(&'static str, String, &'static 
         ]);
     } else {
         r.extend([
+            ("model.batch_norm", "false".into(), "VGG16 as in the paper (true: vgg16_bn's layout)"),
             ("model.base_width", "32".into(), "half of VGG16's width: CPU-sized"),
             ("model.fc_width", "1024".into(), "a quarter of fc6/fc7's 4096"),
             ("model.dropout", "0.5".into(), "the paper's"),

@@ -12,9 +12,15 @@
 //!   Vulkan), else the CPU. Software adapters (lavapipe, llvmpipe) are never chosen by `auto`:
 //!   flex is much faster than they are.
 //!
-//! Invariant: the compiler choice is process-wide and read when a device is first used
-//! (`cubecl_wgpu::vulkan::set_wgsl_on_vulkan`, a segkit patch of cubecl, patches/README.md), so a
-//! process opens one GPU device name; the CLI and the GPU tests open exactly one.
+//! On a software adapter (lavapipe, llvmpipe) autotune keeps the first candidate kernel that
+//! runs, in Burn's priority order, instead of timing them all
+//! (`cubecl_runtime::tune::set_first_that_runs`, patches/README.md): each candidate costs that
+//! driver seconds to minutes of LLVM compilation, and timings of a CPU emulating a GPU pick
+//! nothing worth having. On real GPUs autotune is Burn's own.
+//!
+//! Invariant: the compiler choice and the autotune mode are process-wide and read when a device
+//! is first used (`cubecl_wgpu::vulkan::set_wgsl_on_vulkan` and the switch above, segkit patches
+//! of cubecl), so a process opens one GPU device name; the CLI and the GPU tests open exactly one.
 
 use burn::prelude::*;
 use burn::tensor::DeviceKind;
@@ -65,9 +71,18 @@ fn opengl() -> Option<Device> {
 /// adapter's name and driver for a GPU).
 pub fn select(name: &str) -> Result<(Device, String), TrainError> {
     let with_adapter = |what: &str, api: Api| match adapter_for(api) {
+        Some(a) if a.is_software() => {
+            format!("{what}: {}; autotune keeps the first kernel that runs (software adapter)", a.describe())
+        }
         Some(a) => format!("{what}: {}", a.describe()),
         None => what.to_string(),
     };
+    // Before the device's first use, which is when cubecl reads it.
+    if let Some(api) = Api::of(name) {
+        cubecl_runtime::tune::set_first_that_runs(adapter_for(api).is_some_and(|a| a.is_software()));
+    } else {
+        cubecl_runtime::tune::set_first_that_runs(false);
+    }
     match name {
         "cpu" => Ok(cpu()),
         "wgpu" => {

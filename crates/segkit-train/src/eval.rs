@@ -54,7 +54,8 @@ pub struct EvalPass {
     pub cm: ConfusionMatrix,
     /// Mean loss per valid pixel.
     pub loss: f64,
-    /// The first few samples: image, ground truth, prediction (image size).
+    /// A few samples spread evenly over the split (see [`kept_index`]): image, ground truth,
+    /// prediction (image size).
     pub kept: Vec<(ImageBuf, Vec<u8>, Vec<u8>)>,
     /// One confusion matrix per image (for bootstrap intervals); they sum to `cm`.
     pub per_image: Vec<ConfusionMatrix>,
@@ -118,7 +119,7 @@ pub fn evaluate(
         one.add(&pred, &batch.labels);
         cm.merge(&one);
         per_image.push(one);
-        if kept.len() < keep {
+        if kept_index(i, samples.len(), keep) {
             kept.push((img, crop(&batch.labels), crop(&pred)));
         }
     }
@@ -132,6 +133,14 @@ pub fn evaluate(
         input_hw,
         isbi,
     })
+}
+
+/// Whether sample `i` of `n` is one of the `keep` shown in sample grids: indices spread evenly
+/// over the split (`j * n / keep`), so that a video split (CamVid) shows several scenes rather
+/// than consecutive frames of one street.
+pub fn kept_index(i: usize, n: usize, keep: usize) -> bool {
+    let keep = keep.min(n);
+    keep > 0 && (0..keep).any(|j| j * n / keep == i)
 }
 
 /// `eval.json` of a run.
@@ -155,5 +164,23 @@ pub use crate::model_file::{Loaded, checkpoint_path, open_model as load_run};
 impl EvalReport {
     pub fn write(&self, path: &Path) -> Result<(), TrainError> {
         write_atomic(path, serde_json::to_string_pretty(self).expect("serialisable").as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_index;
+
+    #[test]
+    fn sample_grids_spread_over_the_split() {
+        let check = |n: usize, keep: usize, want: &[usize]| {
+            let got: Vec<usize> = (0..n).filter(|&i| kept_index(i, n, keep)).collect();
+            assert_eq!(got, want, "n {n}, keep {keep}");
+        };
+        check(101, 4, &[0, 25, 50, 75]);
+        check(5, 4, &[0, 1, 2, 3]);
+        check(3, 4, &[0, 1, 2]);
+        check(10, 0, &[]);
+        check(0, 4, &[]);
     }
 }

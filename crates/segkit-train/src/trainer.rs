@@ -50,6 +50,11 @@ pub enum Event<'a> {
         loss: f32,
         lr: f64,
         images_per_s: f64,
+        /// Seconds this step waited for its batches from the loader (decode, augmentation,
+        /// batching not yet done by the worker threads): what the data pipeline costs a step.
+        data_wait_s: f64,
+        /// Seconds from the last batch's arrival to the end of the optimiser step.
+        compute_s: f64,
     },
     Validating {
         done: usize,
@@ -446,8 +451,13 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     let weights_eval = weights.as_ref().map(|w| Tensor::<1>::from_data(TensorData::new(w.clone(), [w.len()]), &device));
 
     // Model, optimiser, position: fresh, initialised from another run, or resumed.
-    ad.seed(t.seed);
-    let mut model = SegModel::new(&cfg.model, &ad)?;
+    // The initial weights are drawn on the CPU whatever the training device: each device has its
+    // own random stream, and a seed must give the same starting model on the CPU and on any GPU
+    // (so that a run can be reproduced, and compared step by step, across devices).
+    let cpu = Device::flex();
+    cpu.seed(t.seed);
+    let initial = params::collect(&SegModel::new(&cfg.model, &cpu)?);
+    let (mut model, _) = params::load(SegModel::new(&cfg.model, &ad)?, &initial);
     let mut opt = Optimizer::new(cfg.optim_settings());
     let mut state = TrainState::default();
     // The lock is taken before anything is written into the directory.
@@ -585,7 +595,11 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         if usable == 0 {
             usable = batches;
         }
-        while let Some((k, batch)) = loader.next() {
+        let mut data_wait_s = 0f64;
+        loop {
+            let waiting = Instant::now();
+            let Some((k, batch)) = loader.next() else { break };
+            data_wait_s += waiting.elapsed().as_secs_f64();
             if k >= usable {
                 break;
             }
@@ -605,7 +619,9 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                 continue;
             }
             let lr = sched.lr(state.step);
+            let computing = Instant::now();
             let (m, outcome) = optimiser_step(model, &mut opt, lr, std::mem::take(&mut group), &step_spec, state.step);
+            let compute_s = computing.elapsed().as_secs_f64();
             model = m;
             let group_loss = match outcome {
                 StepOutcome::Updated { loss } => {
@@ -652,8 +668,11 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                     loss: group_loss,
                     lr,
                     images_per_s: images as f64 / secs,
+                    data_wait_s,
+                    compute_s,
                 });
             }
+            data_wait_s = 0.0;
             (images, tick) = (0, Instant::now());
             let stopping = opts.stop.load(Ordering::Relaxed);
             if stopping || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0) {

@@ -106,6 +106,7 @@ fn fcn_crop_offsets_and_shapes() {
             fc_width: 2,
             dropout: 0.5,
             learnable_upsampling: false,
+            batch_norm: false,
         };
         let fcn = Fcn::new(&o, &device).unwrap();
         let want = &c[name]["offsets"];

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use segkit_models::{ModelConfig, ModelKind, SegModel};
+use segkit_train::checkpoint::write_safetensors;
 use segkit_train::eval::load_run;
 use segkit_train::import::{import_fcn, import_vgg16, load_backbone};
-use segkit_train::params::{collect, to_f32};
+use segkit_train::params::{HostTensor, collect, to_f32};
 use segkit_train::torchfile::{read_pth, read_state_dict};
 
 fn fixture(name: &str) -> PathBuf {
@@ -55,6 +56,60 @@ fn vgg16_becomes_the_fcn_trunk() {
     cfg.base_width = 2;
     let err = load_backbone(SegModel::new(&cfg, &Device::flex()).unwrap(), &out).err().unwrap().to_string();
     assert!(err.contains("conv1_1") && err.contains("base_width"), "{err}");
+}
+
+/// torchvision's `vgg16_bn` layout (batch norm after each convolution, so the convolutions sit at
+/// other `features` indices) loads into an FCN whose trunk has batch norm; weights with and
+/// without batch norm are refused by a model of the other kind, naming the key to change.
+#[test]
+fn vgg16_bn_loads_into_a_batch_norm_trunk() {
+    let dir = scratch("vgg-bn");
+    // The tiny fixture's convolutions and classifier, renumbered as vgg16_bn's, plus a batch norm
+    // after each convolution whose tensors are recognisable numbers.
+    let plain = read_pth(&fixture("vgg16_tiny.pth")).unwrap();
+    let conv_at = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28];
+    let bn_conv_at = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40];
+    let mut tensors: Vec<(String, HostTensor)> = Vec::new();
+    for (k, (&from, &to)) in conv_at.iter().zip(&bn_conv_at).enumerate() {
+        for part in ["weight", "bias"] {
+            tensors.push((format!("features.{to}.{part}"), plain[&format!("features.{from}.{part}")].clone()));
+        }
+        let c = plain[&format!("features.{from}.bias")].shape[0];
+        for (j, part) in ["weight", "bias", "running_mean", "running_var"].into_iter().enumerate() {
+            let v = (k * 10 + j + 1) as f32;
+            tensors.push((format!("features.{}.{part}", to + 1), HostTensor { shape: vec![c], values: vec![v; c] }));
+        }
+    }
+    for name in ["classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias"] {
+        tensors.push((name.to_string(), plain[name].clone()));
+    }
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape.clone(), t.values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let bn_file = dir.join("vgg16_bn_tiny.safetensors");
+    write_safetensors(&bn_file, &bytes, safetensors::tensor::Dtype::F32, Default::default()).unwrap();
+
+    let mut cfg = ModelConfig::paper(ModelKind::Fcn8s, 3);
+    (cfg.base_width, cfg.fc_width, cfg.batch_norm) = (1, 4, true);
+    let (model, loaded) = load_backbone(SegModel::new(&cfg, &Device::flex()).unwrap(), &bn_file).unwrap();
+    assert_eq!(loaded, 30 + 13 * 4, "30 convolution and fc tensors, 4 per batch norm");
+    let w = collect(&model);
+    assert_eq!(w["vgg.conv3_2.weight"].values, plain["features.12.weight"].values);
+    // bn3_2 follows the 6th convolution (k = 5): gamma 51, beta 52, mean 53, variance 54.
+    for (part, v) in [("gamma", 51.0), ("beta", 52.0), ("running_mean", 53.0), ("running_var", 54.0)] {
+        assert_eq!(w[&format!("vgg.bn3_2.{part}")].values, vec![v; 4], "bn3_2.{part}");
+    }
+
+    // The other pairings are refused with the key that fixes them.
+    let err = load_backbone(SegModel::new(&cfg, &Device::flex()).unwrap(), &fixture("vgg16_tiny.pth"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("vgg16_tiny.pth") && err.contains("model.batch_norm = false"), "{err}");
+    cfg.batch_norm = false;
+    let err = load_backbone(SegModel::new(&cfg, &Device::flex()).unwrap(), &bn_file).err().unwrap().to_string();
+    assert!(err.contains("vgg16_bn_tiny") && err.contains("model.batch_norm = true"), "{err}");
 }
 
 #[test]

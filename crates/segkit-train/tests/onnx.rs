@@ -167,7 +167,8 @@ fn run(model: &SegModel, c: usize, h: usize, w: usize, seed: usize) -> (HostTens
     (HostTensor { shape: vec![1, c, h, w], values }, HostTensor { shape, values: to_f32(y) })
 }
 
-const FCN: [&str; 4] = ["model.base_width=2", "model.fc_width=8", "model.classes=3", "model.in_channels=3"];
+const FCN: [&str; 5] =
+    ["model.base_width=2", "model.fc_width=8", "model.classes=3", "model.in_channels=3", "model.batch_norm=false"];
 const FCN_OPS_32: &str = "Add 1, Conv 16, ConvTranspose 1, Identity 1, MaxPool 5, Relu 15, Shape 1, Slice 2";
 const FCN_OPS_16: &str = "Add 3, Conv 17, ConvTranspose 2, Identity 1, MaxPool 5, Relu 15, Shape 2, Slice 4";
 const FCN_OPS_8: &str = "Add 5, Conv 18, ConvTranspose 3, Identity 1, MaxPool 5, Relu 15, Shape 3, Slice 6";
@@ -196,6 +197,15 @@ fn fcn_options() {
     // Half: one Cast per kernel (13 + 2 + 3 convolutions, 3 upsamplers); biases stay float32.
     let half = OnnxOptions { half: true, ..Default::default() };
     check("fcn8s-half", &fcn8s, half, &FCN_OPS_8.replace("Add 5", "Add 5, Cast 21"), &FCN_SIZES[..1]);
+    // vgg16_bn-style trunk: a BatchNormalization between each of the 13 convolutions and its ReLU.
+    let fcn8s_bn = with(&FCN, &["model.model=\"fcn8s\"", "model.batch_norm=true"]);
+    check(
+        "fcn8s-bn",
+        &fcn8s_bn,
+        OnnxOptions::default(),
+        &FCN_OPS_8.replace("Add 5, ", "Add 5, BatchNormalization 13, "),
+        &FCN_SIZES[..2],
+    );
     for opset in [13, 21] {
         let o = OnnxOptions { opset, ..Default::default() };
         check(

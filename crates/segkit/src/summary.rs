@@ -24,7 +24,7 @@ pub struct Args {
     /// U-Net: "same" convolutions instead of the paper's unpadded ones.
     #[arg(long)]
     padded: bool,
-    /// U-Net: batch norm after each convolution.
+    /// Batch norm after each convolution (U-Net) or each VGG trunk convolution (FCN).
     #[arg(long)]
     batch_norm: bool,
     /// U-Net depth (number of poolings).

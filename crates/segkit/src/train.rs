@@ -62,11 +62,21 @@ pub struct Progress {
     started: Instant,
     every: usize,
     classes_printed: bool,
+    /// Seconds the steps waited for the loader, and spent computing, in this session.
+    data_wait_s: f64,
+    compute_s: f64,
 }
 
 impl Progress {
     pub fn new() -> Self {
-        Progress { bar: None, started: Instant::now(), every: 1, classes_printed: false }
+        Progress {
+            bar: None,
+            started: Instant::now(),
+            every: 1,
+            classes_printed: false,
+            data_wait_s: 0.0,
+            compute_s: 0.0,
+        }
     }
 
     pub fn finish(&self) {
@@ -108,7 +118,9 @@ impl Observer for Progress {
                     self.bar = Some(bar);
                 }
             }
-            Event::Step { step, total, epoch, loss, lr, images_per_s } => {
+            Event::Step { step, total, epoch, loss, lr, images_per_s, data_wait_s, compute_s } => {
+                self.data_wait_s += data_wait_s;
+                self.compute_s += compute_s;
                 let msg = format!("epoch {} loss {loss:.4} lr {lr:.2e} {images_per_s:.1} img/s", epoch + 1);
                 match &self.bar {
                     Some(b) => {
@@ -295,6 +307,14 @@ pub fn run(a: Args) -> Result<i32> {
                 "done: {steps} steps in {:.0} s; best validation mean IoU {best_miou:.4} at step {best_step}",
                 obs.started.elapsed().as_secs_f64()
             );
+            let (wait, compute) = (obs.data_wait_s, obs.compute_s);
+            if wait + compute > 0.0 {
+                println!(
+                    "data loading: the steps waited {wait:.1} s for batches and computed for {compute:.0} s \
+                     ({:.1}% of step time spent waiting)",
+                    100.0 * wait / (wait + compute)
+                );
+            }
             summary(&run_dir, best_step);
             Ok(0)
         }

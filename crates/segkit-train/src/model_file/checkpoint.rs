@@ -194,8 +194,24 @@ impl Checkpoint {
                 optim.insert(k.to_string(), t);
             }
         }
+        let config = fcn_without_trunk_norm(config, &model);
         Ok(Checkpoint { model, optim, config, classes, state })
     }
+}
+
+/// Checkpoints written before `model.batch_norm` applied to the FCNs (it was U-Net-only, and the
+/// default recipe left it `true` for every model) say `batch_norm = true` for an FCN whose trunk
+/// has no batch norm: their config is read with `batch_norm = false`, so that they still load.
+fn fcn_without_trunk_norm(config: String, model: &BTreeMap<String, HostTensor>) -> String {
+    let Ok(mut table) = config.parse::<toml::Table>() else { return config };
+    let Some(m) = table.get_mut("model").and_then(|m| m.as_table_mut()) else { return config };
+    let is_fcn = m.get("model").and_then(|k| k.as_str()).is_some_and(|k| k.starts_with("fcn"));
+    let says_norm = m.get("batch_norm").and_then(|b| b.as_bool()) == Some(true);
+    if !(is_fcn && says_norm) || model.keys().any(|k| k.starts_with("vgg.bn")) {
+        return config;
+    }
+    m.insert("batch_norm".into(), toml::Value::Boolean(false));
+    toml::to_string(&table).unwrap_or(config)
 }
 
 /// The values of an F32, F16 or BF16 tensor as f32.
@@ -335,6 +351,20 @@ pub fn read_header_metadata(path: &Path) -> Result<HashMap<String, String>, Trai
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_fcn_checkpoints_read_without_trunk_norm() {
+        let check = |kind: &str, keys: &[&str], want_norm: bool| {
+            let config = format!("name = \"x\"\n[model]\nmodel = \"{kind}\"\nbatch_norm = true\n");
+            let model =
+                keys.iter().map(|k| (k.to_string(), HostTensor { shape: vec![1], values: vec![0.0] })).collect();
+            let read: toml::Table = fcn_without_trunk_norm(config, &model).parse().unwrap();
+            assert_eq!(read["model"]["batch_norm"].as_bool(), Some(want_norm), "{kind} {keys:?}");
+        };
+        check("fcn8s", &["vgg.conv1_1.weight"], false);
+        check("fcn32s", &["vgg.conv1_1.weight", "vgg.bn1_1.gamma"], true);
+        check("unet", &["down.0.conv1.weight"], true);
+    }
 
     fn row(train_loss: f64) -> MetricsRow {
         MetricsRow {

@@ -35,15 +35,35 @@ const VGG_FEATURES: [(usize, &str); 13] = [
     (28, "conv5_3"),
 ];
 
+/// torchvision `vgg16_bn().features` indices of the 13 convolutions; each one's batch norm is
+/// the next index.
+const VGG_BN_FEATURES: [usize; 13] = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40];
+
 /// torchvision VGG16 names -> FCN trunk names (`conv1_1.weight` ... `fc7.bias`), with the
 /// classifier's `Linear(512*7*7, 4096)` and `Linear(4096, 4096)` reshaped into the 7x7 fc6 and
 /// 1x1 fc7 convolutions. PyTorch flattens `[512, 7, 7]` channel-major, so the reshape is exact.
+/// A `vgg16_bn` state dict (recognised by `features.1.running_var`) also gives the batch norms,
+/// under segkit's names (`bn1_1.gamma`, `bn1_1.beta`, `bn1_1.running_mean`, `bn1_1.running_var`).
 pub fn vgg16_to_fcn(sd: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, String> {
     let get = |k: &str| sd.get(k).ok_or_else(|| format!("`{k}` missing: not a torchvision VGG16 state dict"));
+    let with_bn = sd.contains_key("features.1.running_var");
     let mut out = BTreeMap::new();
-    for (i, name) in VGG_FEATURES {
+    for (k, (plain, name)) in VGG_FEATURES.into_iter().enumerate() {
+        let i = if with_bn { VGG_BN_FEATURES[k] } else { plain };
         out.insert(format!("{name}.weight"), get(&format!("features.{i}.weight"))?.clone());
         out.insert(format!("{name}.bias"), get(&format!("features.{i}.bias"))?.clone());
+        if with_bn {
+            let bn = name.replacen("conv", "bn", 1);
+            let j = i + 1;
+            for (theirs, ours) in [
+                ("weight", "gamma"),
+                ("bias", "beta"),
+                ("running_mean", "running_mean"),
+                ("running_var", "running_var"),
+            ] {
+                out.insert(format!("{bn}.{ours}"), get(&format!("features.{j}.{theirs}"))?.clone());
+            }
+        }
     }
     let c5 = out["conv5_3.weight"].shape[0];
     let fc6 = get("classifier.0.weight")?;
@@ -100,6 +120,17 @@ pub fn load_backbone(model: SegModel, path: &Path) -> Result<(SegModel, usize), 
     let mut sd = read_state_dict(path)?;
     if sd.contains_key("features.0.weight") {
         sd = vgg16_to_fcn(&sd).map_err(|m| TrainError::checkpoint(path, m))?;
+    }
+    // Weights trained with batch norm are meaningless without it, and the other way round.
+    let file_bn = sd.contains_key("bn1_1.gamma");
+    let model_bn = params::shapes(&model).contains_key("vgg.bn1_1.gamma");
+    if file_bn != model_bn {
+        let (file, fix) = if file_bn {
+            ("a VGG16 with batch norm (vgg16_bn)", "model.batch_norm = true")
+        } else {
+            ("a VGG16 without batch norm", "model.batch_norm = false")
+        };
+        return Err(TrainError::checkpoint(path, format!("{file}: set {fix} to start from it")));
     }
     let by_path: BTreeMap<String, HostTensor> = sd.into_iter().map(|(k, v)| (format!("vgg.{k}"), v)).collect();
     let (model, report) = params::load(model, &by_path);

@@ -191,6 +191,7 @@ pub fn fcn_config_from_state_dict(
     m.base_width = conv1.map_or(64, |t| t.shape[0]);
     m.in_channels = conv1.map_or(3, |t| t.shape[1]);
     m.fc_width = *score.shape.get(1).ok_or("score_fr.weight is not a convolution weight")?;
+    m.batch_norm = sd.contains_key("bn1_1.weight");
     Ok(m)
 }
 

@@ -32,6 +32,7 @@ use prost::Message;
 use segkit_models::fcn::{Fcn, FcnVariant};
 use segkit_models::layers::BatchNorm2d;
 use segkit_models::unet::{DoubleConv, Unet};
+use segkit_models::vgg::Vgg16;
 use segkit_models::{ModelConfig, ModelKind, SegModel, nearest_valid_sizes, unet_output_size};
 
 use super::checkpoint::ClassInfo;
@@ -511,8 +512,12 @@ impl<'a> Builder<'a> {
         let mut x = input.to_string();
         let (mut pool3, mut pool4) = (String::new(), String::new());
         for (i, (convs, (pool_name, pool))) in f.vgg.stages().into_iter().enumerate() {
-            for (name, c) in convs {
-                let y = self.conv(name, &format!("vgg.{name}"), &x, c)?;
+            for (name, c, bn) in convs {
+                let mut y = self.conv(name, &format!("vgg.{name}"), &x, c)?;
+                if let Some(bn) = bn {
+                    let bn_name = Vgg16::bn_name(name);
+                    y = self.batch_norm(&bn_name, &format!("vgg.{bn_name}"), &y, bn)?;
+                }
                 x = self.relu(&name.replace("conv", "relu"), &y);
             }
             x = self.max_pool(pool_name, &x, pool)?; // H/2^(i+1), rounded up
