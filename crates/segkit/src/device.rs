@@ -37,7 +37,16 @@ pub fn vet(name: &str) -> Result<String> {
     match out.status.code() {
         // `auto` that found no GPU: say so now rather than probe the adapters again here.
         Some(0) if name == "auto" && String::from_utf8_lossy(&out.stdout).starts_with("CPU") => {
-            eprintln!("--device auto: no GPU adapter found; using the CPU");
+            // A software adapter (lavapipe) is never chosen: Burn's CPU backend is faster. Say
+            // that one was seen, so that a user who expected a GPU knows what the system offers.
+            match segkit_train::device::adapter_for(segkit_train::device::Api::Vulkan).filter(|a| a.is_software()) {
+                Some(a) => eprintln!(
+                    "--device auto: no GPU adapter found, only the software one ({}), which is slower \
+                     than the CPU backend; using the CPU (--device vulkan or wgpu would use it)",
+                    a.describe()
+                ),
+                None => eprintln!("--device auto: no GPU adapter found; using the CPU"),
+            }
             Ok("cpu".to_string())
         }
         Some(0) => Ok(name.to_string()),
