@@ -18,7 +18,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use segkit_data::synth::mix_seed;
 use segkit_data::{Dataset, LoaderSpec};
-use segkit_models::SegModel;
+use segkit_models::{ModelKind, SegModel};
 
 use crate::checkpoint::{Checkpoint, ClassInfo, MetricsRow, TrainState};
 use crate::config::RunConfig;
@@ -478,6 +478,15 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                 }
             }
             let (path, ck) = resume_checkpoint(dir, &mut notes)?;
+            // A run from before `model.batch_norm` applied to FCNs stored `true` for a trunk
+            // without batch norm (checkpoint::fcn_without_trunk_norm reads its checkpoint's
+            // config as `false`): continue it with the model it has.
+            let fcn = cfg.model.model != ModelKind::Unet;
+            if fcn && cfg.model.batch_norm && !ck.model.keys().any(|k| k.starts_with("vgg.bn")) {
+                cfg.model.batch_norm = false;
+                model = SegModel::new(&cfg.model, &ad)?;
+                notes.push("model.batch_norm = false: this FCN run predates batch norm in the VGG trunk".into());
+            }
             let (changed, harmless) = config_changes(&ck.config, &cfg.to_toml());
             if !changed.is_empty() && !opts.resume_anyway {
                 return Err(TrainError::Config(format!(

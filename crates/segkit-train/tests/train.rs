@@ -343,3 +343,22 @@ fn resume_with_a_different_config_is_refused_unless_asked() {
     assert!(resume(&["train.epochs=3", "train.workers=1"], false).is_ok());
     assert!(resume(&["train.batch_size=2"], true).is_ok());
 }
+
+#[test]
+fn an_fcn_run_from_before_trunk_batch_norm_resumes() {
+    // Before `model.batch_norm` applied to FCNs, the default recipe stored `true` for them while
+    // their trunk had none; such a run must still resume, with the model its checkpoint holds.
+    let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("oldfcn");
+    let fcn = ["name=f", "model.model=\"fcn32s\"", "model.batch_norm=false", "model.base_width=2", "model.fc_width=8"];
+    let (a, _) = run(tiny(&out, &fcn), None, 2);
+    let Outcome::Interrupted { run_dir, .. } = a else { panic!("{a:?}") };
+    let stored = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&stored).unwrap();
+    assert!(text.contains("batch_norm = false"), "{text}");
+    std::fs::write(&stored, text.replace("batch_norm = false", "batch_norm = true")).unwrap();
+    let cfg = RunConfig::load_stored(&stored, &[]).unwrap();
+    assert!(cfg.model.batch_norm);
+    let (b, _) = run(cfg, Some(run_dir.clone()), usize::MAX);
+    assert!(matches!(b, Outcome::Finished { steps: 8, .. }), "{b:?}");
+}
