@@ -70,26 +70,25 @@ fn opengl() -> Option<Device> {
 /// `auto`, `cpu`, `wgpu`, `vulkan` or `opengl`, and a line saying what was chosen (with the
 /// adapter's name and driver for a GPU).
 pub fn select(name: &str) -> Result<(Device, String), TrainError> {
-    let with_adapter = |what: &str, api: Api| match adapter_for(api) {
-        Some(a) if a.is_software() => {
+    // The adapter behind `name`, looked up once: enumerating adapters opens the graphics API.
+    let adapter = Api::of(name).and_then(adapter_for);
+    let software = adapter.as_ref().is_some_and(AdapterInfo::is_software);
+    let with_adapter = |what: &str| match &adapter {
+        Some(a) if software => {
             format!("{what}: {}; autotune keeps the first kernel that runs (software adapter)", a.describe())
         }
         Some(a) => format!("{what}: {}", a.describe()),
         None => what.to_string(),
     };
     // Before the device's first use, which is when cubecl reads it.
-    if let Some(api) = Api::of(name) {
-        cubecl_runtime::tune::set_first_that_runs(adapter_for(api).is_some_and(|a| a.is_software()));
-    } else {
-        cubecl_runtime::tune::set_first_that_runs(false);
-    }
+    cubecl_runtime::tune::set_first_that_runs(software);
     match name {
         "cpu" => Ok(cpu()),
         "wgpu" => {
             cubecl_wgpu::vulkan::set_wgsl_on_vulkan(true);
             let d = Device::wgpu(DeviceKind::DefaultDevice);
             if works(&d) {
-                Ok((d, with_adapter("GPU through wgpu/WGSL (default adapter)", Api::Auto)))
+                Ok((d, with_adapter("GPU through wgpu/WGSL (default adapter)")))
             } else {
                 Err(TrainError::Device(format!("no wgpu adapter could be opened; {}", no_adapter_hint())))
             }
@@ -101,14 +100,14 @@ pub fn select(name: &str) -> Result<(Device, String), TrainError> {
             {
                 let d = Device::vulkan(kind);
                 if works(&d) {
-                    return Ok((d, with_adapter(&format!("GPU through Vulkan/SPIR-V ({what})"), Api::Vulkan)));
+                    return Ok((d, with_adapter(&format!("GPU through Vulkan/SPIR-V ({what})"))));
                 }
             }
             Err(TrainError::Device(format!("no Vulkan adapter could be opened; {}", no_adapter_hint())))
         }
         "opengl" => {
             if let Some(d) = opengl().filter(works) {
-                return Ok((d, with_adapter("GPU through OpenGL/WGSL (default adapter)", Api::OpenGl)));
+                return Ok((d, with_adapter("GPU through OpenGL/WGSL (default adapter)")));
             }
             Err(TrainError::Device(format!(
                 "no OpenGL adapter could be opened (wgpu needs EGL and OpenGL 4.3 or ES 3.1); {}",
