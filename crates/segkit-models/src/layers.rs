@@ -104,6 +104,10 @@ pub fn deconv_params(conv: &ConvTranspose2d) -> usize {
     w + conv.bias.as_ref().map_or(0, |b| b.lazy_shape().num_elements())
 }
 
+/// The running statistics' update factor of every [`BatchNorm2d`] (PyTorch's default):
+/// `running = (1 - m) * running + m * batch`.
+pub const BN_MOMENTUM: f64 = 0.1;
+
 /// Batch normalisation over `[B, C, H, W]` as PyTorch's `BatchNorm2d` computes it (momentum
 /// 0.1, epsilon 1e-5): normalised with the batch's biased variance while training, the running
 /// variance updated with the *unbiased* one (`n / (n - 1)`, n = B·H·W). Burn's `BatchNorm`
@@ -128,7 +132,7 @@ impl BatchNorm2d {
             beta: Initializer::Zeros.init([channels], device),
             running_mean: burn::module::RunningState::new(Tensor::zeros([channels], device)),
             running_var: burn::module::RunningState::new(Tensor::ones([channels], device)),
-            momentum: 0.1,
+            momentum: BN_MOMENTUM,
             epsilon: 1e-5,
         }
     }

@@ -14,7 +14,7 @@ use segkit_data::{Dataset, ImageBuf};
 
 use crate::bench::peak_rss_mb;
 use crate::config::RunConfig;
-use crate::eval::{evaluate, load_run};
+use crate::eval::{EvalOptions, evaluate, load_run};
 use crate::metrics::{ConfusionMatrix, Scores};
 use crate::plot::{self, Canvas, Series};
 use crate::{TrainError, write_atomic};
@@ -79,6 +79,19 @@ pub fn bootstrap_miou(per_image: &[ConfusionMatrix], resamples: usize, seed: u64
     (at(0.025), at(0.975))
 }
 
+/// A run's name in reports: its directory's name, or for a checkpoint file inside a run
+/// directory `RUN/STEM` (`unet-isbi2012-cpu/last`), so that two runs' `last.safetensors` differ.
+fn run_name(path: &Path) -> String {
+    let base = |p: &Path| p.file_name().map(|s| s.to_string_lossy().into_owned());
+    if path.is_file() {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(dir) = path.parent().filter(|d| d.join("config.toml").is_file()).and_then(base) {
+            return format!("{dir}/{stem}");
+        }
+    }
+    base(path).unwrap_or_else(|| path.display().to_string())
+}
+
 /// Evaluates `runs` on `split` of the first run's dataset (or `data_root`), on `device`.
 pub fn compare(
     runs: &[PathBuf],
@@ -86,6 +99,7 @@ pub fn compare(
     split: &str,
     samples: usize,
     limit: usize,
+    opts: EvalOptions,
     device: &Device,
     device_desc: &str,
     progress: &mut dyn FnMut(&str, usize, usize),
@@ -127,10 +141,24 @@ pub fn compare(
         }
         let mut cfg: RunConfig = loaded.config.clone();
         cfg.data = data_cfg.clone();
-        let name =
-            dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
-        let pass =
-            evaluate(&loaded.model, &cfg, ds, split_samples, device, None, samples, &mut |d, t| progress(&name, d, t))?;
+        let name = run_name(dir);
+        let mut model = loaded.model.clone();
+        if opts.bn_recalibrate > 0 {
+            let (m, used) = crate::bnstats::recalibrated_model(dir, &cfg, ds, opts.bn_recalibrate, device)?;
+            if used > 0 {
+                model = m;
+                notes.push(format!("{name}: batch-norm statistics recalibrated on {used} training images"));
+            }
+        }
+        let pass = evaluate(&model, &cfg, ds, split_samples, device, None, samples, opts.tta, &mut |d, t| {
+            progress(&name, d, t)
+        })?;
+        if opts.tta {
+            notes.push(format!(
+                "{name}: test-time augmentation, the mean of {} views per image (its ms per image counts them all)",
+                pass.views
+            ));
+        }
         let (h, w) = pass.input_hw;
         let summary = loaded.model.summary(&cfg.model, [cfg.model.in_channels, h, w])?;
         let peak = match device.memory_pool_usage() {
@@ -444,5 +472,98 @@ mod tests {
         // One image repeated: no spread.
         let (lo, hi) = bootstrap_miou(&imgs[..1], 100, 1);
         assert_eq!(lo, hi);
+    }
+
+    #[test]
+    fn checkpoint_files_are_named_by_their_run() {
+        let dir = std::env::temp_dir().join(format!("segkit-compare-names-{}", std::process::id()));
+        let run = dir.join("fcn8s-run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("config.toml"), "").unwrap();
+        std::fs::write(run.join("last.safetensors"), "").unwrap();
+        std::fs::write(dir.join("model.safetensors"), "").unwrap();
+        assert_eq!(run_name(&run), "fcn8s-run");
+        assert_eq!(run_name(&run.join("last.safetensors")), "fcn8s-run/last");
+        // A file that is not in a run directory keeps its own name.
+        assert_eq!(run_name(&dir.join("model.safetensors")), "model.safetensors");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn run(name: &str, isbi: Option<crate::isbi::IsbiScores>) -> RunResult {
+        let mut cm = ConfusionMatrix::new(2);
+        cm.counts = vec![30, 10, 5, 55];
+        RunResult {
+            name: name.into(),
+            dir: PathBuf::from(name),
+            model: "unet".into(),
+            scores: cm.scores(),
+            miou_ci: (0.5, 0.7),
+            parameters: 10,
+            gflop: 1.0,
+            input_hw: (8, 8),
+            ms_per_image: 1.0,
+            peak_memory_mb: 1.0,
+            evaluated_step: 5,
+            train_steps: 10,
+            train_seconds: 2.0,
+            history: Vec::new(),
+            predictions: Vec::new(),
+            isbi,
+        }
+    }
+
+    /// The ISBI section and columns appear when a run has the challenge's figures, with a
+    /// run that lacks them given empty cells, not shifted columns; without any, neither appears.
+    #[test]
+    fn reports_carry_the_isbi_figures_of_the_runs_that_have_them() {
+        let scores = crate::isbi::IsbiScores {
+            pixel_error: 0.0947,
+            rand_error: 0.4447,
+            rand_threshold: 0.9,
+            rand_error_at_half: 0.6946,
+            cell_class: 1,
+            images: 5,
+        };
+        let check = |runs: Vec<RunResult>, md_has: &[&str], md_lacks: &[&str], csv_rows: &[&str]| {
+            let out = std::env::temp_dir().join(format!("segkit-compare-isbi-{}-{}", std::process::id(), runs.len()));
+            let cmp = Comparison {
+                runs,
+                classes: vec!["membrane".into(), "cell".into()],
+                colors: vec![[0, 0, 0], [255, 255, 255]],
+                split: "val".into(),
+                images: 5,
+                data: "isbi".into(),
+                device: "CPU".into(),
+                samples: Vec::new(),
+                notes: Vec::new(),
+            };
+            cmp.write(&out).unwrap();
+            let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+            let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+            for s in md_has {
+                assert!(md.contains(s), "report.md lacks {s:?}:\n{md}");
+            }
+            for s in md_lacks {
+                assert!(!md.contains(s), "report.md has {s:?}:\n{md}");
+            }
+            let lines: Vec<&str> = csv.lines().collect();
+            let width = lines[0].split(',').count();
+            assert!(lines.iter().all(|l| l.split(',').count() == width), "ragged csv:\n{csv}");
+            for (line, tail) in lines.iter().zip(csv_rows) {
+                assert!(line.ends_with(tail), "{line:?} should end with {tail:?}");
+            }
+            let _ = std::fs::remove_dir_all(&out);
+        };
+        check(
+            vec![run("plain", Some(scores.clone())), run("other", None)],
+            &["## ISBI 2012 challenge figures", "| plain | 0.0947 | 0.4447 (0.9) | 0.6946 |"],
+            &["| other | 0."],
+            &[
+                "isbi_pixel_error,isbi_rand_error,isbi_rand_threshold,isbi_rand_error_at_half",
+                ",0.094700,0.444700,0.9,0.694600",
+                ",,,,",
+            ],
+        );
+        check(vec![run("a", None)], &["| a | unet |"], &["ISBI"], &["iou_cell"]);
     }
 }

@@ -112,6 +112,12 @@ pub struct TrainConfig {
     /// Validate on the first this many images of the split (0: the whole split, the default;
     /// a limit is for quick CPU experiments and is recorded in the run's config).
     pub val_limit: usize,
+    /// Precise batch-norm statistics: before each validation, every batch norm's running
+    /// statistics become the mean of its statistics over this many whole training images (spread
+    /// over the split) with the current weights, so that validation and the saved checkpoints
+    /// normalise as whole images need; 0: training's running averages (momentum 0.1) as they are.
+    /// Costs one forward pass per image per validation; models without batch norm ignore it.
+    pub bn_recalibrate: usize,
     /// Validation images in the `val_samples.png` grid.
     pub grid_images: usize,
     /// Where run directories go.
@@ -453,6 +459,11 @@ pub fn recipe_overrides(kind: ModelKind) -> Vec<(&'static str, String, &'static 
             ("model.base_width", "16".into(), "a quarter of the paper's width: CPU-sized"),
             ("augment.crop", "256".into(), "--size"),
             ("train.lr", "0.001".into(), ""),
+            (
+                "train.bn_recalibrate",
+                "16".into(),
+                "batch-norm statistics from whole training images before each validation (ISBI 2012: pixel error 0.095 -> 0.091 on one checkpoint)",
+            ),
         ]);
     } else {
         r.extend([

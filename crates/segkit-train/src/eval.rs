@@ -33,6 +33,20 @@ pub fn eval_geometry(model: &ModelConfig, h: usize, w: usize) -> Result<((usize,
     Ok(((in_h, in_w), (in_h - out_h) / 2))
 }
 
+/// One image of `ds` as evaluation feeds it to the network: the whole image (U-Net: mirrored out
+/// to the input of [`eval_geometry`]) as a batch of one, with the image and the input size.
+pub fn whole_image(
+    cfg: &RunConfig,
+    ds: &Dataset,
+    s: &SampleRef,
+) -> Result<(ImageBuf, HostBatch, (usize, usize)), TrainError> {
+    let (img, labels) = ds.load(s, cfg.model.in_channels)?;
+    let (in_hw, margin) = eval_geometry(&cfg.model, img.height, img.width)?;
+    let prep = eval_transform(&img, &labels, in_hw, margin, cfg.augment.normalize, ds.classes.ignore_index);
+    let batch = HostBatch::stack(vec![prep], cfg.model.in_channels).map_err(TrainError::Config)?;
+    Ok((img, batch, in_hw))
+}
+
 /// The training window (input and output tile) for `augment.crop`, `None` for whole images.
 pub fn train_window(cfg: &RunConfig) -> Result<Option<Window>, TrainError> {
     let crop = cfg.augment.crop;
@@ -65,6 +79,8 @@ pub struct EvalPass {
     pub input_hw: (usize, usize),
     /// The ISBI 2012 challenge's pixel and Rand error, for two-class data (`crate::isbi`).
     pub isbi: Option<IsbiAccumulator>,
+    /// Views averaged per image (`crate::tta`); 1 without test-time augmentation.
+    pub views: usize,
 }
 
 /// Runs `model` (on a device without autodiff) over `samples`.
@@ -77,9 +93,11 @@ pub fn evaluate(
     device: &Device,
     weights: Option<&Tensor<1>>,
     keep: usize,
+    tta: bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalPass, TrainError> {
     let n = cfg.model.classes;
+    let views = if tta { crate::tta::views(&cfg.augment) } else { vec![crate::tta::View::IDENTITY] };
     let ignore = ds.classes.ignore_index;
     let mut cm = ConfusionMatrix::new(n);
     let (mut loss_sum, mut valid) = (0f64, 0u64);
@@ -90,18 +108,19 @@ pub fn evaluate(
     let mut isbi = (n == 2).then(|| IsbiAccumulator::new(cell, ignore));
     for (i, s) in samples.iter().enumerate() {
         progress(i, samples.len());
-        let (img, labels) = ds.load(s, cfg.model.in_channels)?;
+        let (img, batch, in_hw) = whole_image(cfg, ds, s)?;
         let (h, w) = (img.height, img.width);
-        let (in_hw, margin) = eval_geometry(&cfg.model, h, w)?;
-        let prep = eval_transform(&img, &labels, in_hw, margin, cfg.augment.normalize, ignore);
-        let batch = HostBatch::stack(vec![prep], cfg.model.in_channels).map_err(TrainError::Config)?;
         let (x, y) = batch.to_device(device);
         if i == 0 {
             input_hw = in_hw;
         }
         let _ = device.sync();
         let t0 = std::time::Instant::now();
-        let logits = model.forward(x);
+        let logits = if views.len() > 1 {
+            crate::tta::as_logits(crate::tta::mean_probs(|x| model.forward(x), x, &views))
+        } else {
+            model.forward(x)
+        };
         let [_, _, oh, ow] = logits.dims();
         let pred: Vec<u8> = to_i64(logits.clone().argmax(1).reshape([oh, ow])).into_iter().map(|v| v as u8).collect();
         forward_s += t0.elapsed().as_secs_f64();
@@ -132,6 +151,7 @@ pub fn evaluate(
         forward_s,
         input_hw,
         isbi,
+        views: views.len(),
     })
 }
 
@@ -156,6 +176,37 @@ pub struct EvalReport {
     /// The ISBI 2012 challenge's figures, for two-class data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isbi: Option<IsbiScores>,
+    /// Views averaged per image by test-time augmentation (`segkit eval --tta`), absent without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tta_views: Option<usize>,
+    /// Training images the batch-norm statistics were recalibrated on before this evaluation
+    /// (`segkit eval --bn-recalibrate`, `crate::bnstats`), absent when they were not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bn_recalibrated: Option<usize>,
+}
+
+/// How `segkit eval` and `segkit compare` evaluate a stored model beyond the plain pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EvalOptions {
+    /// Average the views the run trained with (`crate::tta`).
+    pub tta: bool,
+    /// Recalibrate batch-norm statistics on this many training images first (0: no).
+    pub bn_recalibrate: usize,
+}
+
+impl EvalOptions {
+    /// `eval.json`, or with the options in its name (`eval_bn_tta.json`), so that no evaluation
+    /// overwrites another kind.
+    pub fn report_name(&self) -> String {
+        let mut name = String::from("eval");
+        if self.bn_recalibrate > 0 {
+            name.push_str("_bn");
+        }
+        if self.tta {
+            name.push_str("_tta");
+        }
+        name + ".json"
+    }
 }
 
 // Opening a model moved to `model_file`; these names stay for the callers.

@@ -6,6 +6,7 @@
 //! metrics come from one confusion matrix over a whole split.
 
 pub mod bench;
+pub mod bnstats;
 pub mod compare;
 pub mod config;
 pub mod device;
@@ -22,6 +23,7 @@ pub mod plot;
 pub mod predict;
 pub mod selftest;
 pub mod trainer;
+pub mod tta;
 
 // The model-file modules live under `model_file`; these keep their old paths working.
 pub use model_file::{checkpoint, export, import, onnx, torchfile};

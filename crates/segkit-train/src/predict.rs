@@ -11,7 +11,6 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::softmax;
 use segkit_data::transform::cut;
 use segkit_data::{ImageBuf, Normalize};
 use segkit_models::{ModelKind, SegModel, input_size_for_output, unet_output_size};
@@ -34,6 +33,8 @@ pub struct Predictor {
     pub tile: usize,
     /// FCN: images with both sides up to this go through whole.
     pub max_side: usize,
+    /// Views whose softmax is averaged (`crate::tta`); the identity alone by default.
+    pub views: Vec<crate::tta::View>,
 }
 
 /// Options of [`Predictor::predict`].
@@ -98,7 +99,21 @@ impl Predictor {
     pub fn from_loaded(l: crate::model_file::Loaded, device: &Device) -> Predictor {
         let (config, classes, model) = (l.config, l.classes, l.model);
         let tile = if config.augment.crop > 0 { config.augment.crop } else { 512 };
-        Predictor { config, classes, model, device: device.clone(), tile, max_side: 1024 }
+        Predictor {
+            config,
+            classes,
+            model,
+            device: device.clone(),
+            tile,
+            max_side: 1024,
+            views: vec![crate::tta::View::IDENTITY],
+        }
+    }
+
+    /// Test-time augmentation: average over the flips and quarter turns the run trained with.
+    pub fn with_tta(mut self) -> Predictor {
+        self.views = crate::tta::views(&self.config.augment);
+        self
     }
 
     fn normalize(&self) -> Normalize {
@@ -111,7 +126,7 @@ impl Predictor {
         self.normalize().apply(input, &mut data);
         let x =
             Tensor::<4>::from_data(TensorData::new(data, [1, input.channels, input.height, input.width]), &self.device);
-        to_f32(softmax(self.model.forward(x), 1))
+        to_f32(crate::tta::mean_probs(|x| self.model.forward(x), x, &self.views))
     }
 
     /// Class probabilities `[C, H, W]` for the whole image.

@@ -101,7 +101,7 @@ pub struct TrainOptions {
 
 /// Keys a resume may change without changing what the steps compute: how long to train, how
 /// often to validate and save, how to load data and where to run.
-const RESUME_HARMLESS: [&str; 13] = [
+const RESUME_HARMLESS: [&str; 14] = [
     "train.epochs",
     "train.max_steps",
     "train.val_every",
@@ -114,6 +114,7 @@ const RESUME_HARMLESS: [&str; 13] = [
     "train.device",
     "train.grid_images",
     "train.val_limit",
+    "train.bn_recalibrate",
     "train.out_dir",
 ];
 
@@ -563,6 +564,16 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             (dir, guard)
         }
     };
+    if t.bn_recalibrate > 0 {
+        notes.push(if crate::bnstats::has_batch_norm(&model) {
+            format!(
+                "batch-norm statistics recalibrated before each validation on {} whole training images",
+                t.bn_recalibrate.min(train_samples.len())
+            )
+        } else {
+            "train.bn_recalibrate: the model has no batch norm, nothing to recalibrate".into()
+        });
+    }
     let resumed_at = opts.resume.as_ref().map(|_| state.step);
     let run = Run { cfg: cfg.clone(), dir: dir.clone(), classes, device: device.clone(), saved: resumed_at.into() };
 
@@ -587,8 +598,16 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
 
     let started = Instant::now();
     let elapsed0 = state.elapsed_s;
-    let vctx =
-        ValContext { ds: &ds, samples: &val_samples, weights: weights_eval.as_ref(), sched: &sched, started, elapsed0 };
+    let vctx = ValContext {
+        ds: &ds,
+        samples: &val_samples,
+        train_samples: &train_samples,
+        ad: &ad,
+        weights: weights_eval.as_ref(),
+        sched: &sched,
+        started,
+        elapsed0,
+    };
     while state.step < total_steps {
         // A run killed after the validation that ended it early stays ended.
         if patience_exhausted(&state, t.patience) {
@@ -695,7 +714,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                 break;
             }
             if t.val_every_steps > 0 && state.step % t.val_every_steps == 0 {
-                validate_and_save(&run, &model, &opt, &vctx, &mut state, epoch, obs)?;
+                validate_and_save(&run, &mut model, &opt, &vctx, &mut state, epoch, obs)?;
                 if patience_exhausted(&state, t.patience) {
                     return Ok(finished(dir, &state, true));
                 }
@@ -727,7 +746,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         // A step-based validation may just have covered this step.
         let done = state.history.last().is_some_and(|r| r.step == state.step);
         if due && !done {
-            validate_and_save(&run, &model, &opt, &vctx, &mut state, epochs_done, obs)?;
+            validate_and_save(&run, &mut model, &opt, &vctx, &mut state, epochs_done, obs)?;
             if patience_exhausted(&state, t.patience) && state.step < total_steps {
                 return Ok(finished(dir, &state, true));
             }
@@ -854,6 +873,9 @@ pub fn optimiser_step<B: Into<StepBatch>>(
 struct ValContext<'a> {
     ds: &'a Dataset,
     samples: &'a [segkit_data::SampleRef],
+    /// The training split and the autodiff device, for batch-norm recalibration.
+    train_samples: &'a [segkit_data::SampleRef],
+    ad: &'a Device,
     weights: Option<&'a Tensor<1>>,
     sched: &'a LrSchedule,
     started: Instant,
@@ -864,18 +886,27 @@ struct ValContext<'a> {
 #[allow(clippy::too_many_arguments)]
 fn validate_and_save(
     run: &Run,
-    model: &SegModel,
+    model: &mut SegModel,
     opt: &Optimizer,
     v: &ValContext<'_>,
     state: &mut TrainState,
     epochs_done: usize,
     obs: &mut dyn Observer,
 ) -> Result<(), TrainError> {
+    let images = run.cfg.train.bn_recalibrate;
+    if images > 0 {
+        // The training model keeps the recalibrated statistics, so that the checkpoints saved
+        // below evaluate as this validation did; its weights are untouched (`bnstats`).
+        let (recalibrated, _) =
+            crate::bnstats::recalibrate(model.clone(), &run.cfg, v.ds, v.train_samples, images, v.ad)?;
+        *model = recalibrated;
+    }
     let eval_model = model.valid();
     let keep = run.cfg.train.grid_images;
-    let pass = evaluate(&eval_model, &run.cfg, v.ds, v.samples, &run.device, v.weights, keep, &mut |done, total| {
-        obs.event(Event::Validating { done, total })
-    })?;
+    let pass =
+        evaluate(&eval_model, &run.cfg, v.ds, v.samples, &run.device, v.weights, keep, false, &mut |done, total| {
+            obs.event(Event::Validating { done, total })
+        })?;
     let scores = pass.cm.scores();
     let row = MetricsRow {
         step: state.step,

@@ -29,7 +29,7 @@ fn predictor(overrides: &[&str], tile: usize, max_side: usize) -> Predictor {
         colors: (0..4).map(segkit_data::classes::voc_color).collect(),
         ignore_index: 255,
     };
-    Predictor { config, classes, model, device, tile, max_side }
+    Predictor { config, classes, model, device, tile, max_side, views: vec![segkit_train::tta::View::IDENTITY] }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -42,9 +42,37 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn overlap_tiles_stitch_without_seams() {
     let unet = ["model.padded=false", "model.batch_norm=false", "model.depth=2", "model.base_width=2"];
     let (img, _) = synth_sample(1, 0, 37, 3);
-    let one = predictor(&unet, 64, 1024).probabilities(&img).unwrap();
-    let many = predictor(&unet, 12, 1024).probabilities(&img).unwrap();
+    let mut p = predictor(&unet, 64, 1024);
+    let one = p.probabilities(&img).unwrap();
+    p.tile = 12;
+    let many = p.probabilities(&img).unwrap();
     assert!(max_diff(&one, &many) < 1e-4, "tiles differ from the whole image by {}", max_diff(&one, &many));
+}
+
+/// Test-time augmentation keeps the overlap-tile invariant (each view is undone per tile, and a
+/// valid-convolution net sees the same context for a pixel in any tile), changes the result
+/// (the views are really different inputs), and still gives probabilities.
+#[test]
+fn averaged_views_stitch_without_seams_too() {
+    let unet = ["model.padded=false", "model.batch_norm=false", "model.depth=2", "model.base_width=2"];
+    let (img, _) = synth_sample(1, 0, 37, 3);
+    // One model throughout: tests run in parallel on the one CPU device, whose seeded RNG another
+    // test may draw from between a seed and an initialisation.
+    let mut p = predictor(&unet, 64, 1024);
+    let plain = p.probabilities(&img).unwrap();
+    p = p.with_tta();
+    // The quick start trains with horizontal and vertical flips and quarter turns: all 8 views.
+    assert_eq!(p.views.len(), 8);
+    let one = p.probabilities(&img).unwrap();
+    p.tile = 12;
+    let many = p.probabilities(&img).unwrap();
+    assert!(max_diff(&one, &many) < 1e-4, "tiles differ from the whole image by {}", max_diff(&one, &many));
+    assert!(max_diff(&one, &plain) > 1e-3, "averaging changed nothing: {}", max_diff(&one, &plain));
+    let hw = 37 * 37;
+    for i in 0..hw {
+        let s: f32 = (0..4).map(|k| one[k * hw + i]).sum();
+        assert!((s - 1.0).abs() < 1e-4, "pixel {i}: probabilities sum to {s}");
+    }
 }
 
 /// FCN: a sliding window over a large image agrees with the whole image where both are defined

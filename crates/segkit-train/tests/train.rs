@@ -132,8 +132,51 @@ fn resume_continues_exactly_and_eval_reproduces_best() {
     let loaded = load_run(&run_dir, &device).unwrap();
     let ds = Dataset::open(&loaded.config.data, Path::new("")).unwrap();
     let val = ds.split("val").unwrap();
-    let pass = evaluate(&loaded.model, &loaded.config, &ds, &val, &device, None, 0, &mut |_, _| {}).unwrap();
+    let pass = evaluate(&loaded.model, &loaded.config, &ds, &val, &device, None, 0, false, &mut |_, _| {}).unwrap();
     assert!((pass.cm.scores().mean_iou - best_miou).abs() < 1e-9, "{} vs {best_miou}", pass.cm.scores().mean_iou);
+}
+
+/// `train.bn_recalibrate`: the training itself is untouched (every step's loss and every weight
+/// as without it, bit for bit), only the batch-norm statistics differ; the best checkpoint
+/// evaluates to the validation that chose it; a resume reproduces the run.
+#[test]
+fn recalibrated_validation_changes_only_the_statistics() {
+    let _turn = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("recalibrate");
+    let (plain, losses_plain) = run(tiny(&out, &["name=plain"]), None, usize::MAX);
+    let (recal, losses_recal) = run(tiny(&out, &["name=recal", "train.bn_recalibrate=3"]), None, usize::MAX);
+    let (Outcome::Finished { run_dir: dir_p, .. }, Outcome::Finished { run_dir: dir_r, best_miou, .. }) =
+        (plain, recal)
+    else {
+        panic!("both runs finish");
+    };
+    let bits = |l: &[(usize, f32)]| l.iter().map(|&(s, v)| (s, v.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&losses_recal), bits(&losses_plain), "recalibration changed the training losses");
+    let load = |d: &Path| segkit_train::checkpoint::Checkpoint::load(&d.join("last.safetensors")).unwrap().model;
+    let (p, r) = (load(&dir_p), load(&dir_r));
+    let mut stats_differ = false;
+    for (k, t) in &p {
+        if k.contains("running_") {
+            stats_differ |= t != &r[k];
+        } else {
+            assert!(t == &r[k], "{k}: recalibration changed a weight");
+        }
+    }
+    assert!(stats_differ, "no batch-norm statistic changed: recalibration did not run");
+
+    let device = Device::flex();
+    let loaded = load_run(&dir_r, &device).unwrap();
+    let ds = Dataset::open(&loaded.config.data, Path::new("")).unwrap();
+    let val = ds.split("val").unwrap();
+    let pass = evaluate(&loaded.model, &loaded.config, &ds, &val, &device, None, 0, false, &mut |_, _| {}).unwrap();
+    assert!((pass.cm.scores().mean_iou - best_miou).abs() < 1e-9, "{} vs {best_miou}", pass.cm.scores().mean_iou);
+
+    let (b, _) = run(tiny(&out, &["name=recal-b", "train.bn_recalibrate=3"]), None, 5);
+    let Outcome::Interrupted { run_dir: dir_b, .. } = b else { panic!("{b:?}") };
+    let cfg_b = RunConfig::load_stored(&dir_b.join("config.toml"), &[]).unwrap();
+    let _ = run(cfg_b, Some(dir_b.clone()), usize::MAX);
+    assert_eq!(metrics_without_time(&dir_b), metrics_without_time(&dir_r), "the resumed run validates differently");
+    assert!(load(&dir_b) == r, "the resumed run's final checkpoint differs");
 }
 
 /// Counts skipped steps besides recording losses.

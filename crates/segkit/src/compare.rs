@@ -35,6 +35,14 @@ pub struct Args {
     /// Evaluate on the first N images of the split only (0: all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
+    /// Test-time augmentation for every run: the mean over the flips and quarter turns each run
+    /// was trained with (see `segkit eval --tta`).
+    #[arg(long)]
+    tta: bool,
+    /// Recompute every run's batch-norm statistics on N training images first (see `segkit eval
+    /// --bn-recalibrate`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    bn_recalibrate: usize,
     #[arg(long, default_value = "auto")]
     device: String,
 }
@@ -80,11 +88,21 @@ pub fn run(a: Args) -> Result<i32> {
     }
     let (dev, desc) = device::select(&device_name)?;
     let bar = progress::bar(0, "eval");
-    let cmp = compare(&runs, a.data.as_deref(), &a.split, a.samples, a.limit, &dev, &desc, &mut |name, d, t| {
-        bar.set_length(t as u64);
-        bar.set_position(d as u64);
-        bar.set_message(name.to_string());
-    })?;
+    let cmp = compare(
+        &runs,
+        a.data.as_deref(),
+        &a.split,
+        a.samples,
+        a.limit,
+        segkit_train::eval::EvalOptions { tta: a.tta, bn_recalibrate: a.bn_recalibrate },
+        &dev,
+        &desc,
+        &mut |name, d, t| {
+            bar.set_length(t as u64);
+            bar.set_position(d as u64);
+            bar.set_message(name.to_string());
+        },
+    )?;
     bar.finish_and_clear();
     let written = cmp.write(&a.out)?;
     println!("{} runs on {} split {} ({} images), {desc}", cmp.runs.len(), cmp.data, cmp.split, cmp.images);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use segkit_data::Dataset;
 use segkit_train::device;
-use segkit_train::eval::{EvalReport, evaluate, load_run};
+use segkit_train::eval::{EvalOptions, EvalReport, evaluate, load_run};
 
 use crate::progress;
 
@@ -24,6 +24,15 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Test-time augmentation: average the softmax over the flips and quarter turns the run was
+    /// trained with (up to 8 views, as the U-Net paper's ISBI submission); writes eval_tta.json.
+    #[arg(long)]
+    tta: bool,
+    /// Recompute the batch-norm statistics first, as the mean over N whole training images with
+    /// the checkpoint's weights (what `train.bn_recalibrate` does at every validation), for runs
+    /// trained without it; writes eval_bn.json.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    bn_recalibrate: usize,
 }
 
 pub fn run(a: Args) -> Result<i32> {
@@ -35,8 +44,20 @@ pub fn run(a: Args) -> Result<i32> {
     }
     let ds = Dataset::open(&cfg.data, &PathBuf::from(&cfg.data.root))?;
     let samples = ds.split(&a.split)?;
+    let opts = EvalOptions { tta: a.tta, bn_recalibrate: a.bn_recalibrate };
+    let mut model = loaded.model.clone();
+    let mut recalibrated = None;
+    if opts.bn_recalibrate > 0 {
+        let (m, used) = segkit_train::bnstats::recalibrated_model(&a.run, &cfg, &ds, opts.bn_recalibrate, &device)?;
+        if used == 0 {
+            eprintln!("note: the model has no batch norm; --bn-recalibrate changes nothing");
+        } else {
+            (model, recalibrated) = (m, Some(used));
+        }
+    }
     let bar = progress::bar(samples.len() as u64, "eval");
-    let pass = evaluate(&loaded.model, &cfg, &ds, &samples, &device, None, 0, &mut |d, _| bar.set_position(d as u64))?;
+    let pass =
+        evaluate(&model, &cfg, &ds, &samples, &device, None, 0, opts.tta, &mut |d, _| bar.set_position(d as u64))?;
     bar.finish_and_clear();
     let scores = pass.cm.scores();
     let report = EvalReport {
@@ -47,9 +68,13 @@ pub fn run(a: Args) -> Result<i32> {
         classes: loaded.classes.names.clone(),
         scores,
         isbi: pass.isbi.as_ref().map(|a| a.scores()),
+        tta_views: a.tta.then_some(pass.views),
+        bn_recalibrated: recalibrated,
     };
+    // Each kind of evaluation has its own file, so that none hides another.
+    let written = a.run.join(EvalOptions { bn_recalibrate: recalibrated.unwrap_or(0), ..opts }.report_name());
     if a.run.is_dir() {
-        report.write(&a.run.join("eval.json"))?;
+        report.write(&written)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -61,6 +86,12 @@ pub fn run(a: Args) -> Result<i32> {
         "{} (step {}) on {data}, split {} ({} images), {desc}",
         report.checkpoint, loaded.step, a.split, report.images
     );
+    if let Some(n) = recalibrated {
+        println!("batch-norm statistics recalibrated on {n} training images");
+    }
+    if a.tta {
+        println!("test-time augmentation: the mean of {} views (the run's training flips and turns)", pass.views);
+    }
     let rows = [
         ("pixel accuracy", s.pixel_acc),
         ("mean accuracy", s.mean_acc),
@@ -93,7 +124,7 @@ pub fn run(a: Args) -> Result<i32> {
         );
     }
     if a.run.is_dir() {
-        println!("\nwritten to {}", a.run.join("eval.json").display());
+        println!("\nwritten to {}", written.display());
     }
     Ok(0)
 }

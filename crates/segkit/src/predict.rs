@@ -34,6 +34,10 @@ pub struct Args {
     /// (scripts/check_onnx.py).
     #[arg(long)]
     save_logits: bool,
+    /// Test-time augmentation: average the softmax over the flips and quarter turns the run was
+    /// trained with (up to 8 views, as the U-Net paper's ISBI submission); that many times slower.
+    #[arg(long)]
+    tta: bool,
 }
 
 const IMAGE_EXT: [&str; 7] = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"];
@@ -69,6 +73,9 @@ pub fn run(a: Args) -> Result<i32> {
         eprintln!("note: {note}");
     }
     let mut predictor = Predictor::from_loaded(loaded, &dev);
+    if a.tta {
+        predictor = predictor.with_tta();
+    }
     if let Some(t) = a.tile {
         predictor.tile = t;
     }
@@ -80,6 +87,9 @@ pub fn run(a: Args) -> Result<i32> {
         predictor.config.model.model,
         predictor.classes.names.len()
     );
+    if a.tta {
+        println!("test-time augmentation: the mean of {} views", predictor.views.len());
+    }
     let opts = PredictOptions { min_area: a.min_area, skip_classes: a.skip.clone() };
     let bar = progress::bar(files.len() as u64, "predict");
     let mut failed = 0;

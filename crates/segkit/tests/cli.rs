@@ -164,6 +164,24 @@ fn own_data_in_one_command() {
             let o = segkit(&["eval", out.join("runs").join(model).to_str().unwrap(), "--device", "cpu"]);
             let t = text(&o);
             assert!(o.status.success() && t.contains("pixel error") && t.contains("Rand error"), "{t}");
+            // --tta averages the run's training symmetries and keeps the plain eval.json.
+            let plain = std::fs::read_to_string(out.join("runs").join(model).join("eval.json")).unwrap();
+            let stored = out.join("runs").join(model).join("config.toml");
+            let cfg = segkit_train::RunConfig::load_stored(&stored, &[]).unwrap();
+            let views = segkit_train::tta::views(&cfg.augment).len();
+            let o = segkit(&["eval", out.join("runs").join(model).to_str().unwrap(), "--device", "cpu", "--tta"]);
+            let t = text(&o);
+            assert!(o.status.success() && t.contains(&format!("the mean of {views} views")), "{t}");
+            let tta = std::fs::read_to_string(out.join("runs").join(model).join("eval_tta.json")).unwrap();
+            assert!(tta.contains(&format!("\"tta_views\": {views}")) && tta.contains("rand_error"), "{tta}");
+            assert_eq!(std::fs::read_to_string(out.join("runs").join(model).join("eval.json")).unwrap(), plain);
+            // --bn-recalibrate (the U-Net recipe has batch norm) writes its own report.
+            let run = out.join("runs").join(model);
+            let o = segkit(&["eval", run.to_str().unwrap(), "--device", "cpu", "--bn-recalibrate", "2"]);
+            let t = text(&o);
+            assert!(o.status.success() && t.contains("batch-norm statistics recalibrated on 2 training images"), "{t}");
+            let bn = std::fs::read_to_string(run.join("eval_bn.json")).unwrap();
+            assert!(bn.contains("\"bn_recalibrated\": 2") && !bn.contains("tta_views"), "{bn}");
         }
         assert!(t.contains(&format!("{} classes from", names.len() + 1)) && t.contains("background"), "{t}");
         let stored = std::fs::read_to_string(out.join("runs").join(model).join("config.toml")).unwrap();
