@@ -48,6 +48,8 @@ struct Collect {
     path: Path,
     out: BTreeMap<String, HostTensor>,
     trainable_only: bool,
+    /// Only paths for which this holds are read (and copied to the host).
+    keep: fn(&str) -> bool,
 }
 
 impl ModuleVisitor for Collect {
@@ -62,14 +64,23 @@ impl ModuleVisitor for Collect {
         if self.trainable_only && !t.is_require_grad() {
             return;
         }
+        let path = self.path.get();
+        if !(self.keep)(&path) {
+            return;
+        }
         let shape = t.dims().to_vec();
-        self.out.insert(self.path.get(), HostTensor { shape, values: to_f32(t.inner()) });
+        self.out.insert(path, HostTensor { shape, values: to_f32(t.inner()) });
     }
 }
 
 /// Every float tensor of `module` (parameters and batch-norm running statistics) by path.
 pub fn collect<M: Module>(module: &M) -> BTreeMap<String, HostTensor> {
-    let mut v = Collect { path: Path::default(), out: BTreeMap::new(), trainable_only: false };
+    collect_where(module, |_| true)
+}
+
+/// The float tensors of `module` whose path satisfies `keep`; the others are not copied.
+pub fn collect_where<M: Module>(module: &M, keep: fn(&str) -> bool) -> BTreeMap<String, HostTensor> {
+    let mut v = Collect { path: Path::default(), out: BTreeMap::new(), trainable_only: false, keep };
     module.visit(&mut v);
     v.out
 }
