@@ -36,7 +36,8 @@ def metadata(model):
 
 
 def prepare_image(path, meta):
-    """The network input for an image, from the metadata only."""
+    """The network input for an image, from the metadata only, and the size of one pixel level in
+    input units (the smallest, over the channels)."""
     from PIL import Image
 
     img = Image.open(path)
@@ -46,16 +47,24 @@ def prepare_image(path, meta):
         arr = arr[:, :, None]
     if order == "BGR":
         arr = arr[:, :, ::-1]
-    mean = np.array(json.loads(meta["input_mean"]), dtype=np.float32)
-    std = np.array(json.loads(meta["input_std"]), dtype=np.float32)
-    x = (arr * np.float32(meta["input_scale"]) - mean) / std
+    if meta.get("normalize") == "per-image":
+        # Each image's own statistics over the whole image, before padding (input_normalization).
+        mean = arr.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
+        std = np.maximum(arr.std(axis=(0, 1), dtype=np.float64), 1.0).astype(np.float32)
+        x = (arr - mean) / std
+        level = float(1.0 / std.max())
+    else:
+        mean = np.array(json.loads(meta["input_mean"]), dtype=np.float32)
+        std = np.array(json.loads(meta["input_std"]), dtype=np.float32)
+        x = (arr * np.float32(meta["input_scale"]) - mean) / std
+        level = float(np.float32(meta["input_scale"]) / std.max())
     h, w = x.shape[:2]
     lo, step, shrink = (int(meta[k]) for k in ("input_size_min", "input_size_step", "output_shrink"))
     # The smallest valid input whose output covers the image; the context mirrored.
     side = lambda n: lo + step * max(0, -(-(n + shrink - lo) // step))
     in_h, in_w, m = side(h), side(w), shrink // 2
     x = np.pad(x, ((m, in_h - m - h), (m, in_w - m - w), (0, 0)), mode="reflect")
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), level
 
 
 def compare(name, got, want, half):
@@ -92,13 +101,12 @@ def check(model_path, inputs, segkit_dir=None):
             want = np.load(inp.with_name(inp.name.replace("_input.npy", "_logits.npy")))
         else:
             d = pathlib.Path(segkit_dir or inp.parent)
-            own = prepare_image(inp, meta)
+            own, level = prepare_image(inp, meta)
             x = np.load(d / f"{inp.stem}_input.npy")
             want = np.load(d / f"{inp.stem}_logits.npy")
             # The preparation from the metadata must match segkit's up to the image decoders'
             # rounding (JPEG decoders differ by a few levels); in pixel levels:
-            std = max(json.loads(meta["input_std"]))
-            levels = float(np.abs(own - x).max()) * std / float(meta["input_scale"]) if own.shape == x.shape else None
+            levels = float(np.abs(own - x).max()) / level if own.shape == x.shape else None
             if levels is None or levels > 8:
                 print(f"  FAIL {inp.name}: the input prepared from the metadata differs from segkit's "
                       f"({own.shape} vs {x.shape}, {levels} pixel levels)")

@@ -22,4 +22,4 @@ pub use image_io::ImageBuf;
 pub use layout::{DataConfig, DataFormat, Dataset, MaskSource, SampleRef};
 pub use loader::{BorderSpec, HostBatch, LoaderSpec};
 pub use mask::MaskEncoding;
-pub use transform::{AugmentConfig, Normalize, Window};
+pub use transform::{AugmentConfig, NormParams, Normalize, Window};

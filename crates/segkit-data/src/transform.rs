@@ -21,6 +21,11 @@ pub enum Normalize {
     Unit,
     /// [-0.5, 0.5].
     Centered,
+    /// Each image minus its own mean, over its own standard deviation, per channel: the
+    /// statistics of the whole source image, before augmentation and tiling, so that every crop
+    /// and every overlap tile of one image is scaled alike. For microscopy, where exposure and
+    /// staining vary between images (ISBI 2012's slices have mean grey 99-143, spread 34-51).
+    PerImage,
 }
 
 /// What a [`Normalize`] computes, as numbers: `out[c] = (pixel[src(c)] * scale - mean[c]) / std[c]`
@@ -36,8 +41,9 @@ pub struct NormParams {
 }
 
 impl Normalize {
-    /// The numbers behind this normalisation for an image of `channels` channels.
-    pub fn params(self, channels: usize) -> NormParams {
+    /// The numbers behind this normalisation for an image of `channels` channels; `None` for
+    /// [`Normalize::PerImage`], whose numbers come from each image ([`Normalize::params_for`]).
+    pub fn fixed_params(self, channels: usize) -> Option<NormParams> {
         let (mean, std, scale, bgr): ([f32; 3], [f32; 3], f32, bool) = match (self, channels) {
             (Normalize::Imagenet, 3) => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1.0 / 255.0, false),
             (Normalize::Imagenet, _) => ([0.449; 3], [0.226; 3], 1.0 / 255.0, false),
@@ -45,15 +51,45 @@ impl Normalize {
             (Normalize::CaffeBgr, _) => ([114.4; 3], [1.0; 3], 1.0, false),
             (Normalize::Unit, _) => ([0.0; 3], [1.0; 3], 1.0 / 255.0, false),
             (Normalize::Centered, _) => ([0.5; 3], [1.0; 3], 1.0 / 255.0, false),
+            (Normalize::PerImage, _) => return None,
         };
-        NormParams { mean, std, scale, bgr }
+        Some(NormParams { mean, std, scale, bgr })
     }
 
+    /// The numbers for `source`, the whole image as decoded (before augmentation, crops or
+    /// tiles): every part of that image is then normalised with them.
+    pub fn params_for(self, source: &ImageBuf) -> NormParams {
+        if let Some(p) = self.fixed_params(source.channels) {
+            return p;
+        }
+        let c = source.channels;
+        let n = (source.width * source.height).max(1) as f64;
+        let (mut mean, mut std) = ([0f32; 3], [1f32; 3]);
+        for ch in 0..c.min(3) {
+            let (mut sum, mut sq) = (0f64, 0f64);
+            for px in source.data.chunks_exact(c) {
+                let v = px[ch] as f64;
+                sum += v;
+                sq += v * v;
+            }
+            let m = sum / n;
+            mean[ch] = m as f32;
+            // A flat image would divide by zero; one grey level is the floor of the spread.
+            std[ch] = ((sq / n - m * m).max(0.0).sqrt() as f32).max(PER_IMAGE_MIN_STD);
+        }
+        NormParams { mean, std, scale: 1.0, bgr: false }
+    }
+}
+
+/// The smallest standard deviation [`Normalize::PerImage`] divides by, in grey levels.
+pub const PER_IMAGE_MIN_STD: f32 = 1.0;
+
+impl NormParams {
     /// Writes `img` normalised into `out` as CHW.
-    pub fn apply(self, img: &ImageBuf, out: &mut [f32]) {
+    pub fn apply(&self, img: &ImageBuf, out: &mut [f32]) {
         let (hw, c) = (img.width * img.height, img.channels);
         debug_assert_eq!(out.len(), hw * c);
-        let NormParams { mean, std, scale, bgr } = self.params(c);
+        let NormParams { mean, std, scale, bgr } = *self;
         for ch in 0..c {
             let src = if bgr { c - 1 - ch } else { ch };
             let (m, s) = (mean[ch], std[ch]);
@@ -92,8 +128,8 @@ pub struct AugmentConfig {
     pub elastic_sigma: f64,
     /// Elastic deformation: control points per side (the paper: 3x3).
     pub elastic_grid: usize,
-    /// Input normalisation: imagenet (mean/std), caffe-bgr (the FCN reference), unit ([0, 1]) or
-    /// centered ([-0.5, 0.5]).
+    /// Input normalisation: imagenet (mean/std), caffe-bgr (the FCN reference), unit ([0, 1]),
+    /// centered ([-0.5, 0.5]) or per-image (each image's own mean and standard deviation).
     pub normalize: Normalize,
 }
 
@@ -235,7 +271,7 @@ pub fn cut(
     (inp, out, valid)
 }
 
-fn to_tensor_data(img: &ImageBuf, valid: Option<&[bool]>, norm: Normalize) -> Vec<f32> {
+fn to_tensor_data(img: &ImageBuf, valid: Option<&[bool]>, norm: &NormParams) -> Vec<f32> {
     let mut data = vec![0f32; img.data.len()];
     norm.apply(img, &mut data);
     if let Some(valid) = valid {
@@ -346,6 +382,9 @@ pub fn train_transform(
     seed: u64,
 ) -> Prepared {
     let mut rng = StdRng::seed_from_u64(seed);
+    // Taken before any augmentation, so that the brightness and contrast jitter below survive
+    // a per-image normalisation instead of being divided out again.
+    let norm = cfg.normalize.params_for(&img);
     let (mut img, mut labels) = (img, labels);
     if cfg.scale_max > cfg.scale_min || cfg.scale_min != 1.0 {
         let s =
@@ -396,7 +435,7 @@ pub fn train_transform(
         }
     }
     let in_hw = (inp.height, inp.width);
-    Prepared { image: to_tensor_data(&inp, valid.as_deref(), cfg.normalize), in_hw, labels: out, out_hw }
+    Prepared { image: to_tensor_data(&inp, valid.as_deref(), &norm), in_hw, labels: out, out_hw }
 }
 
 /// The evaluation transform: the whole image, mirrored out to `in_hw` for U-Net (its output's
@@ -413,7 +452,7 @@ pub fn eval_transform(
     let (out_h, out_w) = (in_hw.0 - 2 * margin, in_hw.1 - 2 * margin);
     let (inp, out, _) = cut(img, labels, 0, 0, out_h, out_w, margin, true, ignore);
     let _ = (h, w);
-    Prepared { image: to_tensor_data(&inp, None, norm), in_hw, labels: out, out_hw: (out_h, out_w) }
+    Prepared { image: to_tensor_data(&inp, None, &norm.params_for(img)), in_hw, labels: out, out_hw: (out_h, out_w) }
 }
 
 /// A per-sample seed from the run seed, the epoch and the sample's position in the epoch.
@@ -469,11 +508,46 @@ mod tests {
         assert_ne!(a.labels, c.labels);
     }
 
+    /// Per-image statistics come from the whole source image: a crop of a half-dark, half-bright
+    /// image holds only the whole image's two standardised values (+-1), never its own
+    /// standardisation; the brightness jitter, applied after the statistics are taken, survives.
+    #[test]
+    fn per_image_normalisation_uses_the_whole_source_image() {
+        let (w, h) = (20, 20);
+        let data = (0..w * h).map(|i| if i % w < w / 2 { 50 } else { 200 }).collect();
+        let img = ImageBuf { width: w, height: h, channels: 1, data };
+        let p = Normalize::PerImage.params_for(&img);
+        assert_eq!((p.mean[0], p.std[0], p.scale, p.bgr), (125.0, 75.0, 1.0, false));
+        let labels = vec![0u8; w * h];
+        let cfg = AugmentConfig { crop: 8, hflip: false, normalize: Normalize::PerImage, ..Default::default() };
+        let win = Some(Window { input: 8, output: 8 });
+        for seed in 0..8 {
+            let prep = train_transform(img.clone(), labels.clone(), &cfg, win, false, 255, seed);
+            assert!(prep.image.iter().all(|&v| v == 1.0 || v == -1.0), "seed {seed}: {:?}", prep.image);
+        }
+        let jitter = AugmentConfig { brightness: 0.2, ..cfg.clone() };
+        let shifted = (0..8).any(|seed| {
+            let prep = train_transform(img.clone(), labels.clone(), &jitter, win, false, 255, seed);
+            prep.image.iter().any(|&v| (v.abs() - 1.0).abs() > 1e-3)
+        });
+        assert!(shifted, "the brightness jitter was divided out again");
+        // The evaluation transform standardises the whole image: mean 0, deviation 1.
+        let prep = eval_transform(&img, &labels, (h, w), 0, Normalize::PerImage, 255);
+        let mean = prep.image.iter().sum::<f32>() / prep.image.len() as f32;
+        let var = prep.image.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / prep.image.len() as f32;
+        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5, "mean {mean}, variance {var}");
+        // A flat image has no spread to divide by: zeros, not NaN.
+        let flat = ImageBuf { width: 3, height: 2, channels: 3, data: vec![77; 18] };
+        let mut out = vec![f32::NAN; 18];
+        Normalize::PerImage.params_for(&flat).apply(&flat, &mut out);
+        assert!(out.iter().all(|&v| v == 0.0), "{out:?}");
+    }
+
     #[test]
     fn caffe_normalisation_is_bgr_minus_mean() {
         let img = ImageBuf { width: 1, height: 1, channels: 3, data: vec![200, 100, 50] };
         let mut out = vec![0.0; 3];
-        Normalize::CaffeBgr.apply(&img, &mut out);
+        Normalize::CaffeBgr.params_for(&img).apply(&img, &mut out);
         assert!((out[0] - (50.0 - 104.00699)).abs() < 1e-4);
         assert!((out[2] - (200.0 - 122.67892)).abs() < 1e-4);
     }

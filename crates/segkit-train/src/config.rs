@@ -460,6 +460,11 @@ pub fn recipe_overrides(kind: ModelKind) -> Vec<(&'static str, String, &'static 
             ("augment.crop", "256".into(), "--size"),
             ("train.lr", "0.001".into(), ""),
             (
+                "augment.normalize",
+                q("per-image"),
+                "each image by its own mean and deviation: microscopy and medical images vary in exposure",
+            ),
+            (
                 "train.bn_recalibrate",
                 "16".into(),
                 "batch-norm statistics from whole training images before each validation (ISBI 2012: pixel error 0.095 -> 0.091 on one checkpoint)",

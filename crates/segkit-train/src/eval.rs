@@ -195,10 +195,16 @@ pub struct EvalOptions {
 }
 
 impl EvalOptions {
-    /// `eval.json`, or with the options in its name (`eval_bn_tta.json`), so that no evaluation
-    /// overwrites another kind.
-    pub fn report_name(&self) -> String {
+    /// The report file of an evaluation of `split` with these options: `eval.json` for the
+    /// plain pass over the validation split, otherwise with the split and the options in the
+    /// name (`eval_train.json`, `eval_bn_tta.json`), so that no evaluation overwrites another.
+    pub fn report_name(&self, split: &str) -> String {
         let mut name = String::from("eval");
+        if split != "val" {
+            // Split names are folder or list names; keep the file name plain.
+            name.push('_');
+            name.extend(split.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }));
+        }
         if self.bn_recalibrate > 0 {
             name.push_str("_bn");
         }
@@ -220,7 +226,21 @@ impl EvalReport {
 
 #[cfg(test)]
 mod tests {
-    use super::kept_index;
+    use super::{EvalOptions, kept_index};
+
+    #[test]
+    fn each_kind_of_evaluation_has_its_own_report() {
+        let check = |split: &str, tta: bool, bn: usize, want: &str| {
+            assert_eq!(EvalOptions { tta, bn_recalibrate: bn }.report_name(split), want, "{split} {tta} {bn}");
+        };
+        check("val", false, 0, "eval.json");
+        check("val", true, 0, "eval_tta.json");
+        check("val", false, 20, "eval_bn.json");
+        check("val", true, 20, "eval_bn_tta.json");
+        check("train", false, 0, "eval_train.json");
+        check("train", true, 8, "eval_train_bn_tta.json");
+        check("../x y", false, 0, "eval____x_y.json");
+    }
 
     #[test]
     fn sample_grids_spread_over_the_split() {

@@ -12,7 +12,7 @@ use std::path::Path;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use segkit_data::transform::cut;
-use segkit_data::{ImageBuf, Normalize};
+use segkit_data::{ImageBuf, NormParams};
 use segkit_models::{ModelKind, SegModel, input_size_for_output, unet_output_size};
 use serde::Serialize;
 
@@ -116,14 +116,16 @@ impl Predictor {
         self
     }
 
-    fn normalize(&self) -> Normalize {
-        self.config.augment.normalize
+    /// The input normalisation for `img`, the whole image: its tiles and windows share it, as
+    /// the crops of one image did in training.
+    fn norm_for(&self, img: &ImageBuf) -> NormParams {
+        self.config.augment.normalize.params_for(img)
     }
 
     /// Softmax probabilities `[C, out_h, out_w]` of one network input.
-    fn probs(&self, input: &ImageBuf) -> Vec<f32> {
+    fn probs(&self, input: &ImageBuf, norm: &NormParams) -> Vec<f32> {
         let mut data = vec![0f32; input.data.len()];
-        self.normalize().apply(input, &mut data);
+        norm.apply(input, &mut data);
         let x =
             Tensor::<4>::from_data(TensorData::new(data, [1, input.channels, input.height, input.width]), &self.device);
         to_f32(crate::tta::mean_probs(|x| self.model.forward(x), x, &self.views))
@@ -134,6 +136,7 @@ impl Predictor {
         let m = &self.config.model;
         let (h, w, c) = (img.height, img.width, m.classes);
         let img = img.clone().with_channels(m.in_channels);
+        let norm = self.norm_for(&img);
         let mut out = vec![0f32; c * h * w];
         let no_labels = vec![0u8; h * w];
         if m.model == ModelKind::Unet && !m.padded {
@@ -145,7 +148,7 @@ impl Predictor {
             let (oh, ow) = (in_h - 2 * margin, in_w - 2 * margin);
             if oh <= t && ow <= t {
                 let (inp, _, _) = cut(&img, &no_labels, 0, 0, oh, ow, margin, true, 0);
-                let p = self.probs(&inp);
+                let p = self.probs(&inp, &norm);
                 paste(&mut out, &p, (h, w), (oh, ow), (0, 0), c);
                 return Ok(out);
             }
@@ -156,7 +159,7 @@ impl Predictor {
             for oy in aligned_starts(h, t, align) {
                 for ox in aligned_starts(w, t, align) {
                     let (inp, _, _) = cut(&img, &no_labels, oy as isize, ox as isize, t, t, margin, true, 0);
-                    let p = self.probs(&inp);
+                    let p = self.probs(&inp, &norm);
                     paste(&mut out, &p, (h, w), (t, t), (oy, ox), c);
                 }
             }
@@ -167,7 +170,7 @@ impl Predictor {
             let ((in_h, in_w), _) = eval_geometry(m, img.height, img.width)?;
             let labels = vec![0u8; img.width * img.height];
             let (inp, _, _) = cut(img, &labels, 0, 0, in_h, in_w, 0, true, 0);
-            let p = self.probs(&inp);
+            let p = self.probs(&inp, &norm);
             let mut o = vec![0f32; c * img.height * img.width];
             paste(&mut o, &p, (img.height, img.width), (in_h, in_w), (0, 0), c);
             Ok(o)
@@ -211,11 +214,12 @@ impl Predictor {
     pub fn network_pass(&self, img: &ImageBuf) -> Result<(HostTensor, HostTensor), TrainError> {
         let m = &self.config.model;
         let img = img.clone().with_channels(m.in_channels);
+        let norm = self.norm_for(&img);
         let ((in_h, in_w), margin) = eval_geometry(m, img.height, img.width)?;
         let no_labels = vec![0u8; img.height * img.width];
         let (inp, _, _) = cut(&img, &no_labels, 0, 0, in_h - 2 * margin, in_w - 2 * margin, margin, true, 0);
         let mut data = vec![0f32; inp.data.len()];
-        self.normalize().apply(&inp, &mut data);
+        norm.apply(&inp, &mut data);
         let shape = [1, inp.channels, inp.height, inp.width];
         let x = Tensor::<4>::from_data(TensorData::new(data.clone(), shape), &self.device);
         let logits = self.model.forward(x);

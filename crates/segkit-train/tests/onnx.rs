@@ -114,9 +114,18 @@ fn check(name: &str, overrides: &[&str], o: OnnxOptions, ops: &str, sizes: &[(us
         }
     }
     assert_eq!(found, expected.len(), "{name}: every parameter is an initializer");
-    for key in ["class_names", "palette", "input_mean", "input_std", "input_scale", "input_size_rule", "segkit_version"]
+    // Per-image normalisation has no constants to write, only its rule in words.
+    let per_image = cfg.augment.normalize == segkit_data::Normalize::PerImage;
+    let constants: &[&str] = if per_image { &[] } else { &["input_mean", "input_std", "input_scale"] };
+    for key in
+        ["class_names", "palette", "input_normalization", "input_size_rule", "segkit_version"].iter().chain(constants)
     {
-        assert!(info.metadata.contains_key(key), "{name}: metadata `{key}` missing");
+        assert!(info.metadata.contains_key(*key), "{name}: metadata `{key}` missing");
+    }
+    if per_image {
+        assert!(!info.metadata.contains_key("input_mean"), "{name}: a per-image model has no fixed mean");
+        assert!(info.metadata["input_normalization"].starts_with("per image"), "{name}: the rule in words");
+        assert_eq!(info.metadata["normalize"], "per-image");
     }
     let arch: segkit_models::ModelConfig = serde_json::from_str(&info.metadata["architecture"]).unwrap();
     assert_eq!(arch, cfg.model, "{name}: the architecture in the metadata");
@@ -240,6 +249,8 @@ fn unet_variants() {
     let ops3 =
         "Add 3, Concat 3, Conv 15, ConvTranspose 3, Div 3, Identity 1, MaxPool 3, Relu 14, Shape 6, Slice 9, Sub 3";
     check("unet-depth3-rgb", &unet3, o, ops3, &[(92, 92)]);
+    let per_image = with(&unpadded, &["augment.normalize=\"per-image\""]);
+    check("unet-per-image", &per_image, o, UNET_OPS, &[(44, 44)]);
 }
 
 /// The size rule in the metadata is the model's: the paper's U-Net takes 188 + 16k and gives an

@@ -49,6 +49,38 @@ fn overlap_tiles_stitch_without_seams() {
     assert!(max_diff(&one, &many) < 1e-4, "tiles differ from the whole image by {}", max_diff(&one, &many));
 }
 
+/// Per-image normalisation: every tile is scaled with the whole image's statistics, so tiles still
+/// stitch without seams (each tile's own statistics would differ), and the prediction no longer
+/// depends on the image's exposure: a constant offset of every pixel changes nothing.
+#[test]
+fn per_image_normalisation_is_seamless_and_ignores_exposure() {
+    let unet = [
+        "model.padded=false",
+        "model.batch_norm=false",
+        "model.depth=2",
+        "model.base_width=2",
+        "augment.normalize=\"per-image\"",
+    ];
+    // Halved, so that a brighter copy fits in 0-255 without clipping.
+    let (mut img, _) = synth_sample(1, 0, 37, 3);
+    img.data.iter_mut().for_each(|v| *v /= 2);
+    let mut p = predictor(&unet, 64, 1024);
+    let one = p.probabilities(&img).unwrap();
+    let shift = 40;
+    let mut brighter = img.clone();
+    brighter.data.iter_mut().for_each(|v| *v += shift);
+    let shifted = p.probabilities(&brighter).unwrap();
+    assert!(max_diff(&one, &shifted) < 1e-4, "an exposure shift moved the output by {}", max_diff(&one, &shifted));
+    p.tile = 12;
+    let many = p.probabilities(&img).unwrap();
+    assert!(max_diff(&one, &many) < 1e-4, "tiles differ from the whole image by {}", max_diff(&one, &many));
+    // The same net with fixed [0, 1] inputs does see the shift: the invariance is the option's.
+    let mut fixed = predictor(&unet[..4], 64, 1024);
+    fixed.model = p.model.clone();
+    let (a, b) = (fixed.probabilities(&img).unwrap(), fixed.probabilities(&brighter).unwrap());
+    assert!(max_diff(&a, &b) > 1e-3, "unit inputs ignored a shift of {shift} levels");
+}
+
 /// Test-time augmentation keeps the overlap-tile invariant (each view is undone per tile, and a
 /// valid-convolution net sees the same context for a pixel in any tile), changes the result
 /// (the views are really different inputs), and still gives probabilities.

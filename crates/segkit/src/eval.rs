@@ -16,7 +16,7 @@ pub struct Args {
     /// Dataset folder, replacing the run's data.root.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Split to evaluate.
+    /// Split to evaluate (a split other than val writes eval_SPLIT.json).
     #[arg(long, default_value = "val")]
     split: String,
     #[arg(long, default_value = "auto")]
@@ -72,7 +72,7 @@ pub fn run(a: Args) -> Result<i32> {
         bn_recalibrated: recalibrated,
     };
     // Each kind of evaluation has its own file, so that none hides another.
-    let written = a.run.join(EvalOptions { bn_recalibrate: recalibrated.unwrap_or(0), ..opts }.report_name());
+    let written = a.run.join(EvalOptions { bn_recalibrate: recalibrated.unwrap_or(0), ..opts }.report_name(&a.split));
     if a.run.is_dir() {
         report.write(&written)?;
     }

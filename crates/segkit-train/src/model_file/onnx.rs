@@ -19,8 +19,9 @@
 //! convolution). Biases and batch-norm tensors stay float32.
 //!
 //! Metadata (`metadata_props`): class names, palette, ignore index, the input normalisation as
-//! numbers (`input_scale`, `input_mean`, `input_std`, `input_channel_order`), the size rule, the
-//! architecture config and the segkit version, so a deployer needs nothing else.
+//! numbers (`input_scale`, `input_mean`, `input_std`, `input_channel_order`; for `per-image`
+//! normalisation, which has no constants, the rule in words in `input_normalization`), the size
+//! rule, the architecture config and the segkit version, so a deployer needs nothing else.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -225,9 +226,9 @@ fn metadata(
 ) -> Vec<(String, String)> {
     let m = &config.model;
     let norm = config.augment.normalize;
-    let p = norm.params(m.in_channels);
+    let fixed = norm.fixed_params(m.in_channels);
     let c = m.in_channels.min(3);
-    let order = match (m.in_channels, p.bgr) {
+    let order = match (m.in_channels, fixed.is_some_and(|p| p.bgr)) {
         (1, _) => "grey",
         (_, true) => "BGR",
         _ => "RGB",
@@ -242,24 +243,40 @@ fn metadata(
         ("normalize", serde_json::to_value(norm).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
         ("input_layout", format!("NCHW float32, {} channel(s)", m.in_channels)),
         ("input_channel_order", order.to_string()),
-        ("input_scale", p.scale.to_string()),
-        ("input_mean", json(&p.mean[..c].to_vec())),
-        ("input_std", json(&p.std[..c].to_vec())),
-        (
+    ];
+    let extra = if m.in_channels > 3 { "; the three numbers of mean/std repeat for extra channels" } else { "" };
+    match fixed {
+        Some(p) => out.extend([
+            ("input_scale", p.scale.to_string()),
+            ("input_mean", json(&p.mean[..c].to_vec())),
+            ("input_std", json(&p.std[..c].to_vec())),
+            (
+                "input_normalization",
+                format!(
+                    "input[c] = (pixel[c] * input_scale - input_mean[c]) / input_std[c], pixel values 0-255, channels \
+                     in input_channel_order ({order}){extra}"
+                ),
+            ),
+        ]),
+        // No constants to write: each image brings its own.
+        None => out.push((
             "input_normalization",
             format!(
-                "input[c] = (pixel[c] * input_scale - input_mean[c]) / input_std[c], pixel values 0-255, channels in \
-                 input_channel_order ({order}){}",
-                if m.in_channels > 3 { "; the three numbers of mean/std repeat for extra channels" } else { "" }
+                "per image: input[c] = (pixel[c] - mean[c]) / max(std[c], {}), pixel values 0-255, channels in \
+                 input_channel_order ({order}), mean[c] and std[c] the mean and population standard deviation of \
+                 channel c over the whole image, taken before padding or tiling",
+                segkit_data::transform::PER_IMAGE_MIN_STD
             ),
-        ),
+        )),
+    }
+    out.extend([
         ("input_size_rule", rule_text.to_string()),
         ("input_size_min", rule.min.to_string()),
         ("input_size_step", rule.step.to_string()),
         ("output_shrink", rule.shrink.to_string()),
         ("outputs", if o.argmax { "logits, mask" } else { "logits" }.to_string()),
         ("weights_dtype", if o.half { "float16 (cast to float32 in the graph)" } else { "float32" }.to_string()),
-    ];
+    ]);
     if m.model == ModelKind::Unet && !m.padded {
         out.push((
             "tiling",
