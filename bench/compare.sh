@@ -3,7 +3,8 @@
 # Usage: bench/compare.sh MODEL SIZE BATCH DEVICE [ROUNDS] [extra torch args...]
 #   bench/compare.sh unet 252 1 cpu 3
 #   bench/compare.sh fcn8s 224 1 cpu 3
-# STEPS, WARMUP (default 10, 3) and THREADS (default: all cores) set the protocol.
+# STEPS, WARMUP (default 10, 3) and THREADS (default: all cores) set the protocol; MODE=infer
+# times inference (forward only, no autodiff) instead of training steps.
 # DEVICE: cpu for both, or e.g. "vulkan:cuda" (segkit device : torch device).
 set -euo pipefail
 model=$1 size=$2 batch=$3 dev=$4 rounds=${5:-3}
@@ -12,12 +13,12 @@ sk_dev=${dev%%:*} pt_dev=${dev##*:}
 [ "$pt_dev" = "$sk_dev" ] && [ "$sk_dev" != cpu ] && pt_dev=cuda
 SEGKIT=${SEGKIT:-target/release/segkit}
 threads=${THREADS:-$(nproc)}
-steps=${STEPS:-10} warmup=${WARMUP:-3}
+steps=${STEPS:-10} warmup=${WARMUP:-3} mode=${MODE:-train}
 gflop=$($SEGKIT summary --model "$model" --size "$size" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["forward_gflop"])')
 for r in $(seq "$rounds"); do
-  RAYON_NUM_THREADS=$threads $SEGKIT bench --model "$model" --size "$size" --batch "$batch" --device "$sk_dev" --steps "$steps" --warmup "$warmup" --json | tail -1 > /tmp/sk.$r.json
+  RAYON_NUM_THREADS=$threads $SEGKIT bench --model "$model" --size "$size" --batch "$batch" --device "$sk_dev" --steps "$steps" --warmup "$warmup" --mode "$mode" --json | tail -1 > /tmp/sk.$r.json
   python3 "$(dirname "$0")/torch_bench.py" --model "$model" --size "$size" --batch "$batch" --device "$pt_dev" \
-    --threads "$threads" --steps "$steps" --warmup "$warmup" --gflop "$gflop" --json "$@" | tail -1 > /tmp/pt.$r.json
+    --threads "$threads" --steps "$steps" --warmup "$warmup" --mode "$mode" --gflop "$gflop" --json "$@" | tail -1 > /tmp/pt.$r.json
 done
 python3 - "$rounds" <<'PY'
 import json, statistics, sys
