@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
+use segkit_data::ImageBuf;
 use segkit_data::synth::synth_sample;
 use segkit_models::SegModel;
 use segkit_train::RunConfig;
@@ -37,16 +38,25 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// The unpadded U-Net the overlap-tile tests use: depth 2, 2 channels wide.
+const TINY_UNET: [&str; 4] = ["model.padded=false", "model.batch_norm=false", "model.depth=2", "model.base_width=2"];
+
+/// `p`'s probabilities for `img` through one tile, checked against those through many 12-pixel
+/// output tiles: overlap-tile prediction must leave no seams.
+fn seamless(p: &mut Predictor, img: &ImageBuf) -> Vec<f32> {
+    p.tile = 64;
+    let one = p.probabilities(img).unwrap();
+    p.tile = 12;
+    let many = p.probabilities(img).unwrap();
+    assert!(max_diff(&one, &many) < 1e-4, "tiles differ from the whole image by {}", max_diff(&one, &many));
+    one
+}
+
 /// Unpadded U-Net: the same image through 1 tile and through many tiles gives the same result.
 #[test]
 fn overlap_tiles_stitch_without_seams() {
-    let unet = ["model.padded=false", "model.batch_norm=false", "model.depth=2", "model.base_width=2"];
     let (img, _) = synth_sample(1, 0, 37, 3);
-    let mut p = predictor(&unet, 64, 1024);
-    let one = p.probabilities(&img).unwrap();
-    p.tile = 12;
-    let many = p.probabilities(&img).unwrap();
-    assert!(max_diff(&one, &many) < 1e-4, "tiles differ from the whole image by {}", max_diff(&one, &many));
+    seamless(&mut predictor(&TINY_UNET, 64, 1024), &img);
 }
 
 /// Per-image normalisation: every tile is scaled with the whole image's statistics, so tiles still
@@ -54,28 +64,19 @@ fn overlap_tiles_stitch_without_seams() {
 /// depends on the image's exposure: a constant offset of every pixel changes nothing.
 #[test]
 fn per_image_normalisation_is_seamless_and_ignores_exposure() {
-    let unet = [
-        "model.padded=false",
-        "model.batch_norm=false",
-        "model.depth=2",
-        "model.base_width=2",
-        "augment.normalize=\"per-image\"",
-    ];
+    let per_image: Vec<&str> = TINY_UNET.iter().copied().chain(["augment.normalize=\"per-image\""]).collect();
     // Halved, so that a brighter copy fits in 0-255 without clipping.
     let (mut img, _) = synth_sample(1, 0, 37, 3);
     img.data.iter_mut().for_each(|v| *v /= 2);
-    let mut p = predictor(&unet, 64, 1024);
-    let one = p.probabilities(&img).unwrap();
+    let mut p = predictor(&per_image, 64, 1024);
+    let one = seamless(&mut p, &img);
     let shift = 40;
     let mut brighter = img.clone();
     brighter.data.iter_mut().for_each(|v| *v += shift);
     let shifted = p.probabilities(&brighter).unwrap();
     assert!(max_diff(&one, &shifted) < 1e-4, "an exposure shift moved the output by {}", max_diff(&one, &shifted));
-    p.tile = 12;
-    let many = p.probabilities(&img).unwrap();
-    assert!(max_diff(&one, &many) < 1e-4, "tiles differ from the whole image by {}", max_diff(&one, &many));
     // The same net with fixed [0, 1] inputs does see the shift: the invariance is the option's.
-    let mut fixed = predictor(&unet[..4], 64, 1024);
+    let mut fixed = predictor(&TINY_UNET, 64, 1024);
     fixed.model = p.model.clone();
     let (a, b) = (fixed.probabilities(&img).unwrap(), fixed.probabilities(&brighter).unwrap());
     assert!(max_diff(&a, &b) > 1e-3, "unit inputs ignored a shift of {shift} levels");
@@ -86,19 +87,15 @@ fn per_image_normalisation_is_seamless_and_ignores_exposure() {
 /// (the views are really different inputs), and still gives probabilities.
 #[test]
 fn averaged_views_stitch_without_seams_too() {
-    let unet = ["model.padded=false", "model.batch_norm=false", "model.depth=2", "model.base_width=2"];
     let (img, _) = synth_sample(1, 0, 37, 3);
     // One model throughout: tests run in parallel on the one CPU device, whose seeded RNG another
     // test may draw from between a seed and an initialisation.
-    let mut p = predictor(&unet, 64, 1024);
+    let mut p = predictor(&TINY_UNET, 64, 1024);
     let plain = p.probabilities(&img).unwrap();
     p = p.with_tta();
     // The quick start trains with horizontal and vertical flips and quarter turns: all 8 views.
     assert_eq!(p.views.len(), 8);
-    let one = p.probabilities(&img).unwrap();
-    p.tile = 12;
-    let many = p.probabilities(&img).unwrap();
-    assert!(max_diff(&one, &many) < 1e-4, "tiles differ from the whole image by {}", max_diff(&one, &many));
+    let one = seamless(&mut p, &img);
     assert!(max_diff(&one, &plain) > 1e-3, "averaging changed nothing: {}", max_diff(&one, &plain));
     let hw = 37 * 37;
     for i in 0..hw {

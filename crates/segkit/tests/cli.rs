@@ -182,6 +182,12 @@ fn own_data_in_one_command() {
             assert!(o.status.success() && t.contains("batch-norm statistics recalibrated on 2 training images"), "{t}");
             let bn = std::fs::read_to_string(run.join("eval_bn.json")).unwrap();
             assert!(bn.contains("\"bn_recalibrated\": 2") && !bn.contains("tta_views"), "{bn}");
+            // Another split has its own report too: the validation one stays as it was.
+            let o = segkit(&["eval", run.to_str().unwrap(), "--device", "cpu", "--split", "train"]);
+            assert!(o.status.success(), "{}", text(&o));
+            let train = std::fs::read_to_string(run.join("eval_train.json")).unwrap();
+            assert!(train.contains("\"split\": \"train\""), "{train}");
+            assert_eq!(std::fs::read_to_string(run.join("eval.json")).unwrap(), plain);
         }
         assert!(t.contains(&format!("{} classes from", names.len() + 1)) && t.contains("background"), "{t}");
         let stored = std::fs::read_to_string(out.join("runs").join(model).join("config.toml")).unwrap();
