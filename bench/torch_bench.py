@@ -228,6 +228,9 @@ def main():
         "parameters": params, "channels_last": a.channels_last, "bf16": a.bf16, "steps": a.steps,
         "warmup": a.warmup, "step_ms": times, "ms_per_step": ms, "images_per_s": a.batch / (ms / 1e3),
         "tflops": tflops, "peak_memory_mb": peak, "memory_source": source,
+        # ATen's vector kernels (ATEN_CPU_CAPABILITY caps them); oneDNN's convolutions follow
+        # ONEDNN_MAX_CPU_ISA, which bench/compare.sh sets to the same level.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     print(f"pytorch {a.model} {a.mode} batch {a.batch} at {h}x{w} on {dev} ({torch.get_num_threads()} threads): "
           f"{ms:.1f} ms/step, {r['images_per_s']:.2f} images/s, {tflops:.3f} TFLOP/s, peak {peak:.0f} MiB")

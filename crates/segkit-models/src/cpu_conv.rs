@@ -78,6 +78,68 @@ impl CpuConv for Flex {
     }
 }
 
+/// The environment variable that caps the instruction set of the CPU's matrix-multiply kernels
+/// (`gemm`, under flex's matmul and the kernels here): read by the patched `gemm-common` at the
+/// first product (patches/README.md), so one AVX-512 machine can benchmark the AVX2 kernels too.
+pub const ISA_VAR: &str = "SEGKIT_GEMM_ISA";
+
+/// What [`ISA_VAR`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsaCap {
+    /// Unset, `native` or `avx512`: the best the CPU has (the default).
+    Native,
+    /// `avx2`: no AVX-512 kernels even where the CPU has them.
+    Avx2,
+}
+
+impl IsaCap {
+    /// The cap for a value of [`ISA_VAR`] (`None`: unset). Exact, case-insensitive matches only,
+    /// as the patched `gemm-common` reads it: a value it would ignore is an error here.
+    pub fn parse(value: Option<&str>) -> Result<IsaCap, String> {
+        match value {
+            None | Some("") => Ok(IsaCap::Native),
+            Some(v) if v.eq_ignore_ascii_case("native") || v.eq_ignore_ascii_case("avx512") => Ok(IsaCap::Native),
+            Some(v) if v.eq_ignore_ascii_case("avx2") => Ok(IsaCap::Avx2),
+            Some(v) => Err(format!(
+                "{ISA_VAR}={v:?}: expected `avx2` (cap the CPU kernels at AVX2) or `avx512` / `native` (the \
+                 CPU's best, the default)"
+            )),
+        }
+    }
+
+    /// The cap of this process's environment; an error names a bad value.
+    pub fn from_env() -> Result<IsaCap, String> {
+        match std::env::var_os(ISA_VAR) {
+            None => Ok(IsaCap::Native),
+            Some(v) => IsaCap::parse(Some(v.to_str().ok_or_else(|| format!("{ISA_VAR}: not UTF-8: {v:?}"))?)),
+        }
+    }
+}
+
+/// The instruction set `gemm` dispatches to in this process, in words ("AVX-512", "AVX2+FMA",
+/// ...), asked of the same function its dispatch asks. The workspace builds flex's `gemm` with its
+/// AVX-512 kernels (Burn's `x86-v4` feature), so a CPU with AVX-512 uses them unless capped.
+pub fn kernel_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && gemm_common::isa_cap::allows("avx512f") {
+            "AVX-512"
+        } else if std::arch::is_x86_feature_detected!("fma") {
+            "AVX2+FMA"
+        } else {
+            "SSE (scalar gemm)"
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "portable"
+    }
+}
+
 /// A raw pointer that may cross into rayon tasks; each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -587,6 +649,25 @@ mod tests {
     }
 
     /// Strided, bias-less, "same"-padded layers and empty inputs keep Burn's own path.
+    #[test]
+    fn the_isa_cap_accepts_what_gemm_reads_and_rejects_the_rest() {
+        let check = |value: Option<&str>, want: Result<IsaCap, ()>| {
+            assert_eq!(IsaCap::parse(value).map_err(|_| ()), want, "{value:?}");
+        };
+        check(None, Ok(IsaCap::Native));
+        check(Some(""), Ok(IsaCap::Native));
+        check(Some("AVX512"), Ok(IsaCap::Native));
+        check(Some("native"), Ok(IsaCap::Native));
+        check(Some("avx2"), Ok(IsaCap::Avx2));
+        check(Some("AVX2"), Ok(IsaCap::Avx2));
+        // The patched gemm-common compares exactly: these would silently not cap, so they fail.
+        check(Some(" avx2"), Err(()));
+        check(Some("avx-2"), Err(()));
+        check(Some("sse"), Err(()));
+        let e = IsaCap::parse(Some("avx")).unwrap_err();
+        assert!(e.contains(ISA_VAR) && e.contains("avx2"), "{e}");
+    }
+
     #[test]
     fn only_stride_one_layers_take_segkits_path() {
         let device = Device::flex();

@@ -22,6 +22,13 @@ fn main() {
         samples.truncate(n);
         let pass = evaluate(&loaded.model, &cfg, &ds, &samples, &device, None, 0, false, &mut |_, _| {}).unwrap();
         let s = pass.cm.scores();
-        println!("{name}: pixel acc {:.4} miou {:.4} loss {:.4}", s.pixel_acc, s.mean_iou, pass.loss);
+        print!("{name}: pixel acc {:.4} miou {:.4} loss {:.4}", s.pixel_acc, s.mean_iou, pass.loss);
+        match pass.isbi.as_ref().map(|a| a.scores()) {
+            Some(i) => println!(
+                " ISBI pixel error {:.4} ({:.1}) Rand error {:.4} ({:.1})",
+                i.pixel_error, i.pixel_threshold, i.rand_error, i.rand_threshold
+            ),
+            None => println!(),
+        }
     }
 }

@@ -48,7 +48,8 @@ pub fn works(device: &Device) -> bool {
 
 fn cpu() -> (Device, String) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (Device::flex(), format!("CPU (Burn flex backend, {threads} threads)"))
+    let isa = segkit_models::cpu_conv::kernel_isa();
+    (Device::flex(), format!("CPU (Burn flex backend, {threads} threads, {isa} kernels)"))
 }
 
 /// The wgpu device on OpenGL (default adapter). Burn has no lazy constructor for it, so it is
@@ -70,6 +71,8 @@ fn opengl() -> Option<Device> {
 /// `auto`, `cpu`, `wgpu`, `vulkan` or `opengl`, and a line saying what was chosen (with the
 /// adapter's name and driver for a GPU).
 pub fn select(name: &str) -> Result<(Device, String), TrainError> {
+    // A cap the kernels would ignore is bad input, refused before anything runs.
+    segkit_models::cpu_conv::IsaCap::from_env().map_err(TrainError::Config)?;
     // The adapter behind `name`, looked up once: enumerating adapters opens the graphics API.
     let adapter = Api::of(name).and_then(adapter_for);
     let software = adapter.as_ref().is_some_and(AdapterInfo::is_software);

@@ -1,24 +1,34 @@
 //! The ISBI 2012 challenge's metrics for two-class membrane data (cell interior vs membrane), as
 //! its evaluation code defines them (Arganda-Carreras et al., "Crowdsourcing the creation of
 //! image segmentation algorithms for connectomics", Front. Neuroanat. 2015; Fiji's
-//! `trainableSegmentation.metrics.PixelError` and `RandError`):
+//! `trainableSegmentation.metrics.PixelError`, `RandError` and `ClassificationStatistics`). Both
+//! binarise the cell probability at the thresholds 0.0, 0.1, ..., 0.9 and report the best:
 //!
-//! - **pixel error**: the fraction of pixels whose binary label differs from the ground truth,
-//!   per image, averaged over the images (the U-Net paper's 0.0611). Taken at the network's
-//!   decision (argmax, i.e. probability 0.5).
+//! - **pixel error**: `1 - F`, where `F` is the F-score of pixel similarity: positives are the
+//!   cell pixels, true/false positives and false negatives are counted over all the images
+//!   together, precision = TP / (TP + FP) and recall = TP / (TP + FN), each 1 where its
+//!   denominator's error term is 0 (as `ClassificationStatistics`). This is the figure the
+//!   challenge's leaderboard and the U-Net paper (0.0611) report. It is not the fraction of
+//!   wrong pixels: a net that calls every pixel a cell scores `1 - 2c / (1 + c)` (about 0.12 on
+//!   ISBI, where a fraction c = 0.78 of the pixels are cells).
+//! - **misclassification**: the fraction of pixels whose label differs from the ground truth at
+//!   the network's decision (argmax, i.e. probability 0.5), per image, averaged over the images:
+//!   `1 - pixel accuracy`. Not a challenge figure; kept because it is what "pixel error" means
+//!   informally, and what segkit reported under that name before 2026-12-03.
 //! - **foreground-restricted Rand error**: `1 - F`, where `F` is the F-score of the Rand index
 //!   restricted to the ground truth's foreground. Per image, the regions are the 4-connected
 //!   components of the cell class in the ground truth and in the proposal. Pairs of
 //!   ground-truth cell pixels are counted: a true positive is a pair in one ground-truth region
 //!   and one proposed region; proposal pixels on a membrane belong to no region (they join no
 //!   pair, as singletons). Precision = true positives / pairs in one proposed region, recall =
-//!   true positives / pairs in one ground-truth region, pair counts summed over the images. The
-//!   challenge binarises the cell probability at several thresholds and reports the best `F`:
-//!   so does [`IsbiAccumulator`], at 0.0, 0.1, ..., 0.9, and it also reports the error at 0.5.
+//!   true positives / pairs in one ground-truth region, pair counts summed over the images.
+//!
+//! Both sweeps are also reported at 0.5, the network's own decision. Fiji's loop also tries a
+//! last threshold of about 1.0; it keeps only pixels of probability exactly 1 and is left out.
 //!
 //! Which class is the cell interior: class 1 (ISBI's labels: 255 = cell, 0 = membrane), unless
 //! class 1's name says it is the boundary ("membrane", "boundary", "border", "edge"), then
-//! class 0. Ignored pixels (the void label) are left out of the pixel error and count as
+//! class 0. Ignored pixels (the void label) are left out of the pixel counts and count as
 //! ground-truth background (no region) for the Rand error.
 
 use std::collections::HashMap;
@@ -97,11 +107,45 @@ impl RandPairs {
     }
 }
 
+/// Pixel counts of the pixel-similarity F-score (module docs), summable over images; the
+/// positives are the cell pixels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PixelCounts {
+    pub true_positive: u64,
+    pub false_positive: u64,
+    pub false_negative: u64,
+}
+
+impl PixelCounts {
+    /// The F-score as the challenge's `ClassificationStatistics` computes it: precision is 1
+    /// without false positives and recall 1 without false negatives, so a proposal that finds
+    /// no cell in an image without cells scores 1, not 0/0.
+    pub fn f_score(&self) -> f64 {
+        let (tp, fp, fn_) = (self.true_positive as f64, self.false_positive as f64, self.false_negative as f64);
+        let precision = if self.false_positive == 0 { 1.0 } else { tp / (tp + fp) };
+        let recall = if self.false_negative == 0 { 1.0 } else { tp / (tp + fn_) };
+        if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 }
+    }
+}
+
+/// The best of a sweep: (index into [`THRESHOLDS`], F-score). Ties keep the lower threshold,
+/// as the challenge's loop (`>`); an all-zero sweep reports 0.5.
+fn best_of(f_scores: impl Iterator<Item = f64>) -> (usize, f64) {
+    f_scores.enumerate().fold((HALF, f64::NEG_INFINITY), |b, (k, f)| if f > b.1 { (k, f) } else { b })
+}
+
 /// The challenge's figures for a split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IsbiScores {
-    /// Mean over the images of the fraction of wrongly labelled pixels (at the argmax).
+    /// `1 - F` of pixel similarity at the best threshold of the sweep (the challenge's figure).
     pub pixel_error: f64,
+    /// The threshold on the cell probability where `pixel_error` was found.
+    pub pixel_threshold: f32,
+    /// `1 - F` of pixel similarity at the network's decision (probability 0.5).
+    pub pixel_error_at_half: f64,
+    /// Mean over the images of the fraction of wrongly labelled pixels at the network's
+    /// decision: `1 - pixel accuracy` (not a challenge figure).
+    pub misclassification: f64,
     /// `1 - F` at the best threshold of the sweep (the challenge's figure).
     pub rand_error: f64,
     /// The threshold on the cell probability where `rand_error` was found.
@@ -119,7 +163,8 @@ pub struct IsbiAccumulator {
     cell: u8,
     ignore: u8,
     images: usize,
-    pixel_error_sum: f64,
+    misclassified_sum: f64,
+    pixels: [PixelCounts; THRESHOLDS.len()],
     pairs: [RandPairs; THRESHOLDS.len()],
 }
 
@@ -129,7 +174,8 @@ impl IsbiAccumulator {
             cell: cell_class,
             ignore: ignore_index,
             images: 0,
-            pixel_error_sum: 0.0,
+            misclassified_sum: 0.0,
+            pixels: Default::default(),
             pairs: Default::default(),
         }
     }
@@ -147,10 +193,19 @@ impl IsbiAccumulator {
             }
         }
         if counted > 0 {
-            self.pixel_error_sum += wrong as f64 / counted as f64;
+            self.misclassified_sum += wrong as f64 / counted as f64;
         }
         for (k, &th) in THRESHOLDS.iter().enumerate() {
             let proposal: Vec<bool> = cell_prob.iter().map(|&p| p > th).collect();
+            let counts = &mut self.pixels[k];
+            for ((&t, &is_cell), &proposed) in truth.iter().zip(&true_cell).zip(&proposal) {
+                match (t != self.ignore, is_cell, proposed) {
+                    (true, true, true) => counts.true_positive += 1,
+                    (true, false, true) => counts.false_positive += 1,
+                    (true, true, false) => counts.false_negative += 1,
+                    _ => {}
+                }
+            }
             let (regions, _) = label_regions(&proposal, width, height);
             self.pairs[k].add(&RandPairs::of(&true_regions, &regions));
         }
@@ -158,17 +213,18 @@ impl IsbiAccumulator {
     }
 
     pub fn scores(&self) -> IsbiScores {
-        let (best, f) = self
-            .pairs
-            .iter()
-            .map(RandPairs::f_score)
-            .enumerate()
-            .fold((HALF, f64::NEG_INFINITY), |b, (k, f)| if f > b.1 { (k, f) } else { b });
+        let (pixel_best, pixel_f) = best_of(self.pixels.iter().map(PixelCounts::f_score));
+        let (best, f) = best_of(self.pairs.iter().map(RandPairs::f_score));
+        // No image: every figure is undefined (the F-scores of empty counts would read 1).
+        let undefined = |v: f64| if self.images > 0 { v } else { f64::NAN };
         IsbiScores {
-            pixel_error: if self.images > 0 { self.pixel_error_sum / self.images as f64 } else { f64::NAN },
-            rand_error: 1.0 - f,
+            pixel_error: undefined(1.0 - pixel_f),
+            pixel_threshold: THRESHOLDS[pixel_best],
+            pixel_error_at_half: undefined(1.0 - self.pixels[HALF].f_score()),
+            misclassification: undefined(self.misclassified_sum / self.images.max(1) as f64),
+            rand_error: undefined(1.0 - f),
             rand_threshold: THRESHOLDS[best],
-            rand_error_at_half: 1.0 - self.pairs[HALF].f_score(),
+            rand_error_at_half: undefined(1.0 - self.pairs[HALF].f_score()),
             cell_class: self.cell,
             images: self.images,
         }
@@ -243,34 +299,69 @@ mod tests {
         let mut acc = IsbiAccumulator::new(1, 255);
         acc.add(&t, &prob, w, h);
         let s = acc.scores();
-        // At 0.5 everything is cell: 3 of 15 pixels wrong, and the two cells merge.
-        assert!((s.pixel_error - 3.0 / 15.0).abs() < 1e-12);
+        // At 0.5 everything is cell: 3 of 15 pixels wrong, and the two cells merge. Pixel
+        // similarity: TP 12, FP 3, FN 0, so P = 4/5, R = 1, F = 8/9.
+        assert!((s.misclassification - 3.0 / 15.0).abs() < 1e-12);
+        assert!((s.pixel_error_at_half - 1.0 / 9.0).abs() < 1e-12);
         assert!((s.rand_error_at_half - (1.0 - 60.0 / 96.0)).abs() < 1e-12);
-        // From threshold 0.7 up the membrane is found: the best error is 0, first at 0.7.
-        assert_eq!(s.rand_error, 0.0);
-        assert_eq!(s.rand_threshold, 0.7);
+        // From threshold 0.7 up the membrane is found: both best errors are 0, first at 0.7
+        // (at 0.9 nothing is a cell any more: F = 0).
+        assert_eq!((s.pixel_error, s.pixel_threshold), (0.0, 0.7));
+        assert_eq!((s.rand_error, s.rand_threshold), (0.0, 0.7));
         assert_eq!(s.images, 1);
+    }
+
+    /// The challenge's pixel error of a constant cell probability `p` on `picture`.
+    fn check_constant(rows: &[&str], p: f32, want: f64) {
+        let (t, w, h) = picture(rows);
+        let mut acc = IsbiAccumulator::new(1, 255);
+        acc.add(&t, &vec![p; t.len()], w, h);
+        let got = acc.scores().pixel_error;
+        assert!((got - want).abs() < 1e-12, "{rows:?} at {p}: {got}, want {want}");
+    }
+
+    #[test]
+    fn pixel_error_is_one_minus_the_best_f_score_not_the_wrong_fraction() {
+        let rows = ["..#..", "..#..", "..#.."];
+        // All cell: the lowest thresholds take every pixel, P = c = 4/5, R = 1: 1 - 2c/(1+c) = 1/9,
+        // though 3 of 15 pixels (0.2) are wrong.
+        check_constant(&rows, 1.0, 1.0 / 9.0);
+        check_constant(&rows, 0.55, 1.0 / 9.0);
+        // All membrane at every threshold: no true positive, F = 0.
+        check_constant(&rows, 0.0, 1.0);
+        // An image without cells and a proposal without cells: nothing wrong, F = 1 (the
+        // challenge's precision and recall are 1 without false positives or negatives).
+        check_constant(&["###"], 0.0, 0.0);
     }
 
     #[test]
     fn ignored_pixels_and_summing_over_images() {
-        // A void pixel in the truth: out of the pixel error, no region.
+        // A void pixel in the truth: out of the pixel counts, no region.
         let (mut t, w, h) = picture(&["....", "...."]);
         t[0] = 255;
         let prob = vec![0.0f32; t.len()];
         let mut acc = IsbiAccumulator::new(1, 255);
         acc.add(&t, &prob, w, h);
-        // 7 counted pixels, all wrong; nothing proposed: F = 0.
-        assert_eq!(acc.scores().pixel_error, 1.0);
-        assert_eq!(acc.scores().rand_error_at_half, 1.0);
-        // Pair counts add over images; the pixel error averages per image.
+        // 7 counted pixels, all wrong; nothing proposed: F = 0 for both.
+        let s = acc.scores();
+        assert_eq!((s.misclassification, s.pixel_error, s.rand_error_at_half), (1.0, 1.0, 1.0));
+        // Pixel and pair counts add over images; the misclassification averages per image.
         let (t2, ..) = picture(&["....", "...."]);
         acc.add(&t2, &vec![1.0; 8], w, h);
         let s = acc.scores();
-        assert_eq!(s.pixel_error, 0.5);
+        assert_eq!(s.misclassification, 0.5);
+        // Pixels: TP 8, FP 0, FN 7 over both images: P = 1, R = 8/15, F = 16/23 (not the
+        // per-image mean of 0 and 1).
+        assert!((s.pixel_error - 7.0 / 23.0).abs() < 1e-12, "{}", s.pixel_error);
         // Truth pairs: pairs(7) + pairs(8) = 21 + 28; proposal only in image 2: 28 true.
         let want = 1.0 - 2.0 * (28.0 / 49.0) / (1.0 + 28.0 / 49.0);
         assert!((s.rand_error_at_half - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn no_image_gives_undefined_figures() {
+        let s = IsbiAccumulator::new(1, 255).scores();
+        assert!(s.pixel_error.is_nan() && s.misclassification.is_nan() && s.rand_error.is_nan());
     }
 
     #[test]

@@ -106,7 +106,9 @@ pub fn run(a: Args) -> Result<i32> {
     if let Some(i) = &report.isbi {
         let cell = report.classes.get(i.cell_class as usize).map_or("class 1", String::as_str);
         println!("ISBI 2012 challenge metrics (regions: 4-connected `{cell}` pixels, per image):");
-        println!("{:<24}{:.4}", "pixel error", i.pixel_error);
+        println!("{:<24}{:.4} (best threshold {:.1})", "pixel error", i.pixel_error, i.pixel_threshold);
+        println!("{:<24}{:.4}", "pixel error at 0.5", i.pixel_error_at_half);
+        println!("{:<24}{:.4} (1 - pixel accuracy; not a challenge figure)", "misclassification", i.misclassification);
         println!("{:<24}{:.4} (best threshold {:.1})", "Rand error", i.rand_error, i.rand_threshold);
         println!("{:<24}{:.4}", "Rand error at 0.5", i.rand_error_at_half);
     }

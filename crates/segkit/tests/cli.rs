@@ -97,6 +97,29 @@ fn an_unusable_gpu_is_an_error_naming_the_driver() {
     assert!(text(&o).contains("selftest compares a GPU with the CPU"));
 }
 
+/// `SEGKIT_GEMM_ISA` reaches the patched gemm dispatch (the device line asks the same function
+/// it does), and a value the dispatch would ignore is refused before anything runs.
+#[test]
+fn the_gemm_isa_cap_is_honoured_or_refused() {
+    let bench = |isa: &str| {
+        Command::new(env!("CARGO_BIN_EXE_segkit"))
+            .args(["bench", "--model", "unet", "--base-width", "4", "--size", "188", "--device", "cpu"])
+            .args(["--mode", "infer", "--steps", "1", "--warmup", "0"])
+            .env("SEGKIT_GEMM_ISA", isa)
+            .output()
+            .unwrap()
+    };
+    let o = bench("avx2");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    if cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("fma") {
+        assert!(t.contains("AVX2+FMA kernels"), "{t}");
+    }
+    let o = bench("avx-512");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("SEGKIT_GEMM_ISA=\"avx-512\": expected `avx2`"), "{}", text(&o));
+}
+
 /// A Roboflow-style YOLO export as users bring it: `train/` and `valid/` with `images/` and
 /// polygon `labels/`, a `test/` split, and a `data.yaml` naming the classes.
 fn roboflow_export(dir: &std::path::Path, names: &[&str]) {
