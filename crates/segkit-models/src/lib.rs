@@ -5,6 +5,7 @@
 //! the reference models' so that weights map by name.
 
 pub mod cpu_conv;
+pub mod cpu_pool;
 pub mod fcn;
 pub mod geometry;
 pub mod layers;

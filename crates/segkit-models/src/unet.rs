@@ -21,6 +21,7 @@ use burn::tensor::activation::relu;
 
 use crate::ModelError;
 use crate::cpu_conv::conv2d;
+use crate::cpu_pool::max_pool2d;
 use crate::layers::{BatchNorm2d, center_crop, conv, max_pool, up_conv};
 use crate::trace::{Shape3, Tracer};
 
@@ -128,7 +129,7 @@ impl Unet {
         let mut skips = Vec::with_capacity(self.down.len());
         for block in &self.down {
             let s = block.forward(x); // H - 4 (unpadded)
-            x = self.pool.forward(s.clone()); // H / 2
+            x = max_pool2d(&self.pool, s.clone()); // H / 2
             skips.push(s);
         }
         x = self.bottom.forward(x);

@@ -22,6 +22,7 @@ use burn::tensor::activation::relu;
 
 use crate::ModelError;
 use crate::cpu_conv::conv2d;
+use crate::cpu_pool::max_pool2d;
 use crate::geometry::CoordMap;
 use crate::layers::{BatchNorm2d, conv, max_pool};
 use crate::trace::{Shape3, Tracer};
@@ -191,7 +192,7 @@ impl Vgg16 {
                 }
                 x = relu(x);
             }
-            x = pool.forward(x); // H/2^(i+1), rounded up
+            x = max_pool2d(pool, x); // H/2^(i+1), rounded up
             match i {
                 2 => pool3 = Some(x.clone()),
                 3 => pool4 = Some(x.clone()),

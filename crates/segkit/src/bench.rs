@@ -45,9 +45,9 @@ pub struct Args {
     /// against the matrix product of the same FLOPs.
     #[arg(long, value_name = "CHANNELS", value_parser = at_least_one)]
     conv: Option<usize>,
-    /// Use Burn's own convolution (forward and gradients) on the CPU instead of segkit's
-    /// (segkit_models::cpu_conv), to measure the difference in one binary.
-    #[arg(long)]
+    /// Use Burn's own convolution and max pooling (forward and gradients) on the CPU instead of
+    /// segkit's (segkit_models::cpu_conv, cpu_pool), to measure the difference in one binary.
+    #[arg(long, alias = "burn-kernels")]
     burn_conv: bool,
 }
 
