@@ -12,9 +12,15 @@
 //! `dW_ij = dY x shift_ij(x)^T`, k*k `gemm` calls on the same strided views (large maps), or one
 //! GEMM against an im2col built from tensor ops (small maps with wide layers, and any backend
 //! without the direct path). The input gradient stays Burn's (a direct version of it measured no
-//! faster). Measured effect, in order (docs/BENCHMARKS.md): the im2col GEMM gradient -21%
-//! (FCN-8s) and -26% (U-Net) per training step; the direct forward FCN-8s -14% and its inference
-//! -34%; the direct weight gradient FCN-8s -11% and U-Net -7%.
+//! faster, again on 2026-12-03: backward +10% on U-Net). Measured effect, in order
+//! (docs/BENCHMARKS.md): the im2col GEMM gradient -21% (FCN-8s) and -26% (U-Net) per training
+//! step; the direct forward FCN-8s -14% and its inference -34%; the direct weight gradient FCN-8s
+//! -11% and U-Net -7%; narrow maps without the padded-width waste and split over output channels
+//! (below), FCN-8s inference -32% and U-Net -21%.
+//!
+//! Work is split into rayon tasks by output row tiles and, where a map gives fewer tiles than
+//! twice the threads (fc6 at 224x224 gives one), by blocks of output channels too, so no thread
+//! idles through a layer; the weight gradient's tasks come in multiples of the thread count.
 //!
 //! Scope, checked by [`applies`]: CPU (flex) devices, stride 1, dilation 1, one group, symmetric
 //! explicit padding, with a bias — every convolution in FCN (conv1_1 ... fc7, score layers) and
