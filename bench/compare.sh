@@ -9,6 +9,7 @@
 # ISA=avx2 caps both sides' CPU kernels at AVX2 on an AVX-512 machine: segkit's gemm
 # (SEGKIT_GEMM_ISA, patches/gemm-common), PyTorch's ATen (ATEN_CPU_CAPABILITY) and oneDNN
 # (ONEDNN_MAX_CPU_ISA). Unset: each side uses the best the CPU has.
+# SEGKIT_ARGS adds flags to segkit's side only, e.g. SEGKIT_ARGS=--no-winograd.
 set -euo pipefail
 case "${ISA:-}" in
   "") ;;
@@ -24,7 +25,7 @@ threads=${THREADS:-$(nproc)}
 steps=${STEPS:-10} warmup=${WARMUP:-3} mode=${MODE:-train}
 gflop=$($SEGKIT summary --model "$model" --size "$size" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["forward_gflop"])')
 for r in $(seq "$rounds"); do
-  RAYON_NUM_THREADS=$threads $SEGKIT bench --model "$model" --size "$size" --batch "$batch" --device "$sk_dev" --steps "$steps" --warmup "$warmup" --mode "$mode" --json | tail -1 > /tmp/sk.$r.json
+  RAYON_NUM_THREADS=$threads $SEGKIT bench --model "$model" --size "$size" --batch "$batch" --device "$sk_dev" --steps "$steps" --warmup "$warmup" --mode "$mode" ${SEGKIT_ARGS:-} --json | tail -1 > /tmp/sk.$r.json
   python3 "$(dirname "$0")/torch_bench.py" --model "$model" --size "$size" --batch "$batch" --device "$pt_dev" \
     --threads "$threads" --steps "$steps" --warmup "$warmup" --mode "$mode" --gflop "$gflop" --json "$@" | tail -1 > /tmp/pt.$r.json
 done

@@ -18,6 +18,11 @@
 //! -11% and U-Net -7%; narrow maps without the padded-width waste and split over output channels
 //! (below), FCN-8s inference -32% and U-Net -21%.
 //!
+//! Wide 3x3 layers (at least 16 channels in and out: all but conv1_1 and U-Net's first) go
+//! further, through Winograd F(2x2, 3x3) in `cpu_winograd.rs`, for the forward pass and both
+//! gradients; the kernels here serve the rest (conv1_1, fc6, fc7, the 1x1 score layers, U-Net's
+//! first convolution) and, with `segkit bench --no-winograd`, every layer.
+//!
 //! Work is split into rayon tasks by output row tiles and, where a map gives fewer tiles than
 //! twice the threads (fc6 at 224x224 gives one), by blocks of output channels too, so no thread
 //! idles through a layer; the weight gradient's tasks come in multiples of the thread count.
@@ -31,6 +36,7 @@
 //! compares both on random data, shapes chosen to hit every tiling, banding and padding branch
 //! and both weight-gradient paths).
 
+use crate::cpu_winograd;
 use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DispatchDevice, Flex, TensorMetadata, backend_extension};
@@ -76,7 +82,11 @@ impl CpuConv for Flex {
         pad_h: usize,
         pad_w: usize,
     ) -> FloatTensor<Self> {
-        // The direct kernel below where it applies (f32), flex's own convolution otherwise.
+        // Winograd for wide 3x3 layers, the direct kernel below for the rest (f32), flex's own
+        // convolution otherwise.
+        if let Some(y) = winograd_f32(&x, &weight, &bias, [pad_h, pad_w]) {
+            return y;
+        }
         match direct_conv_f32(&x, &weight, Some(&bias), [pad_h, pad_w]) {
             Some(y) => y,
             None => Flex::conv2d(x, weight, Some(bias), options(pad_h, pad_w)),
@@ -144,6 +154,19 @@ pub fn kernel_isa() -> &'static str {
     {
         "portable"
     }
+}
+
+/// [`cpu_winograd::conv3x3_f32`] where it [`takes`](cpu_winograd::takes) the layer (f32 only).
+fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, pad: [usize; 2]) -> Option<FlexTensor> {
+    let [c_out, c_in, kh, kw] = weight.layout().shape().dims();
+    let [n, _, h, w] = x.layout().shape().dims();
+    let out = [(h + 2 * pad[0] + 1).saturating_sub(kh), (w + 2 * pad[1] + 1).saturating_sub(kw)];
+    if !cpu_winograd::takes(c_in, c_out, [kh, kw], n, out) {
+        return None;
+    }
+    let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
+    let dims = x.layout().shape().dims();
+    cpu_winograd::conv3x3_f32(x.as_slice()?, dims, weight.as_slice()?, c_out, Some(bias.as_slice()?), pad)
 }
 
 /// A raw pointer that may cross into rayon tasks; each task writes a disjoint set of elements.
@@ -402,13 +425,21 @@ fn weight_grad_f32(x: &FlexTensor, dy: &FlexTensor, kernel: [usize; 2], pad: [us
     Some(out)
 }
 
-/// A backend's own weight gradient for [`CpuConv`]'s backward pass, where it has one (called on
-/// the inner backend, not routed through `Dispatch`); `None` falls back to [`weight_grad`].
+/// A backend's own gradients for [`CpuConv`]'s backward pass, where it has them (called on the
+/// inner backend, not routed through `Dispatch`); `None` falls back to [`weight_grad`] and to
+/// Burn's `conv2d_x_backward`.
 pub trait DirectWeightGrad: Backend {
     fn weight_grad_direct(
         x: &FloatTensor<Self>,
         grad: &FloatTensor<Self>,
         kernel: [usize; 2],
+        pad: [usize; 2],
+    ) -> Option<FloatTensor<Self>>;
+
+    /// The input gradient from the weights and the output gradient.
+    fn input_grad_direct(
+        weight: &FloatTensor<Self>,
+        grad: &FloatTensor<Self>,
         pad: [usize; 2],
     ) -> Option<FloatTensor<Self>>;
 }
@@ -420,7 +451,27 @@ impl DirectWeightGrad for Flex {
         kernel: [usize; 2],
         pad: [usize; 2],
     ) -> Option<FlexTensor> {
+        let [_, c_in, _, _] = x.layout().shape().dims();
+        let [n, c_out, h_out, w_out] = grad.layout().shape().dims();
+        if cpu_winograd::takes(c_in, c_out, kernel, n, [h_out, w_out]) {
+            let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+            let dims = x.layout().shape().dims();
+            return cpu_winograd::weight_grad_f32(x.as_slice()?, dims, grad.as_slice()?, c_out, pad);
+        }
         weight_grad_f32(x, grad, kernel, pad)
+    }
+
+    fn input_grad_direct(weight: &FlexTensor, grad: &FlexTensor, pad: [usize; 2]) -> Option<FlexTensor> {
+        let [c_out, c_in, kh, kw] = weight.layout().shape().dims();
+        let [n, _, h_out, w_out] = grad.layout().shape().dims();
+        // The gradient is a convolution from C_out to C_in producing the layer's input map.
+        let input = [(h_out + kh - 1).saturating_sub(2 * pad[0]), (w_out + kw - 1).saturating_sub(2 * pad[1])];
+        if !cpu_winograd::takes(c_out, c_in, [kh, kw], n, input) {
+            return None;
+        }
+        let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
+        let dims = grad.layout().shape().dims();
+        cpu_winograd::input_grad_f32(grad.as_slice()?, dims, weight.as_slice()?, c_in, pad)
     }
 }
 
@@ -506,7 +557,9 @@ impl<B: Backend + CpuConv + DirectWeightGrad, C: CheckpointStrategy> CpuConv for
                 let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
                 let bias = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(bias_state);
                 if let Some(node) = node_x {
-                    let g = B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options(pad[0], pad[1]));
+                    let g = B::input_grad_direct(&weight, &grad, pad).unwrap_or_else(|| {
+                        B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options(pad[0], pad[1]))
+                    });
                     grads.register::<B>(node.id, g);
                 }
                 if let Some(node) = node_weight {
@@ -657,9 +710,17 @@ mod tests {
             // tiles of 13 (the last one shorter).
             (1, 3, 64, 40, 300, 3, 1),
             (2, 8, 5, 1, 1, 3, 1), // a 1x1 image, all padding
+            // Wide 3x3 layers: Winograd forward and input gradient (cpu_winograd), direct weight
+            // gradient; odd output sizes leave half-outside tiles.
+            (1, 16, 20, 24, 23, 3, 1),
+            (2, 16, 16, 17, 19, 3, 0),
         ] {
             check(case);
         }
+        // The last two cases do reach Winograd, in all three directions.
+        use cpu_winograd::takes;
+        assert!(takes(16, 20, [3, 3], 1, [24, 23]) && takes(20, 16, [3, 3], 1, [24, 23]));
+        assert!(takes(16, 16, [3, 3], 2, [15, 17]) && takes(16, 16, [3, 3], 2, [17, 19]));
     }
 
     /// The two direct kernels return a result (they must not silently fall back) and match flex's

@@ -6,6 +6,7 @@
 
 pub mod cpu_conv;
 pub mod cpu_pool;
+pub mod cpu_winograd;
 pub mod fcn;
 pub mod geometry;
 pub mod layers;

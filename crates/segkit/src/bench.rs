@@ -49,6 +49,10 @@ pub struct Args {
     /// segkit's (segkit_models::cpu_conv, cpu_pool), to measure the difference in one binary.
     #[arg(long, alias = "burn-kernels")]
     burn_conv: bool,
+    /// Keep segkit's CPU kernels but compute 3x3 layers with the direct convolution instead of
+    /// Winograd F(2x2, 3x3) (segkit_models::cpu_winograd), to measure the difference.
+    #[arg(long)]
+    no_winograd: bool,
 }
 
 /// Counts and sizes on the command line: a zero would only reach the kernels as a panic.
@@ -62,6 +66,7 @@ fn at_least_one(v: &str) -> Result<usize, String> {
 
 pub fn run(a: Args) -> Result<i32> {
     segkit_models::cpu_conv::set_enabled(!a.burn_conv);
+    segkit_models::cpu_winograd::set_enabled(!a.no_winograd);
     if let Some(c) = a.conv {
         let (h, _) = parse_size(&a.size)?;
         let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
