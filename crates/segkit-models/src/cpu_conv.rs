@@ -18,10 +18,13 @@
 //! -11% and U-Net -7%; narrow maps without the padded-width waste and split over output channels
 //! (below), FCN-8s inference -32% and U-Net -21%.
 //!
-//! Wide 3x3 layers (at least 16 channels in and out: all but conv1_1 and U-Net's first) go
-//! further, through Winograd F(2x2, 3x3) in `cpu_winograd.rs`, for the forward pass and both
-//! gradients; the kernels here serve the rest (conv1_1, fc6, fc7, the 1x1 score layers, U-Net's
-//! first convolution) and, with `segkit bench --no-winograd`, every layer.
+//! Wide 3x3 layers on large maps (at least 16 channels in and out and 128 output tiles: all but
+//! conv1_1, U-Net's first convolution and its bottleneck) go further, through Winograd
+//! F(2x2, 3x3) in `cpu_winograd.rs`, for the forward pass and both gradients: against these
+//! kernels, U-Net training 1.21x -> 0.93-0.99x PyTorch's time and FCN-8s inference 1.23x ->
+//! 0.69-0.98x on an AVX-512 EPYC (docs/BENCHMARKS.md). The kernels here serve the rest (conv1_1,
+//! fc6, fc7, the 1x1 score layers, small maps) and, with `segkit bench --no-winograd`, every
+//! layer.
 //!
 //! Work is split into rayon tasks by output row tiles and, where a map gives fewer tiles than
 //! twice the threads (fc6 at 224x224 gives one), by blocks of output channels too, so no thread
