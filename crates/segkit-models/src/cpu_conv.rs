@@ -174,13 +174,13 @@ fn winograd_f32(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, pad: [us
 
 /// A raw pointer that may cross into rayon tasks; each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// A method, so closures capture the whole (Send) wrapper rather than its raw field.
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }

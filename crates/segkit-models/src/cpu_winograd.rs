@@ -36,6 +36,7 @@
 //! output tiles (U-Net's bottleneck at 252x252 keeps it too), f32, and the switch
 //! [`set_enabled`] on. Other layers take `cpu_conv`'s direct kernels.
 
+use crate::cpu_conv::OutPtr;
 use burn::tensor::{DType, Shape};
 use burn_flex::FlexTensor;
 use std::cell::RefCell;
@@ -79,17 +80,19 @@ pub fn takes(c_in: usize, c_out: usize, kernel: [usize; 2], n: usize, out: [usiz
         && n * out[0].div_ceil(2) * out[1].div_ceil(2) >= MIN_TILES
 }
 
-/// A raw pointer that may cross into rayon tasks; each task writes a disjoint set of elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method, so closures capture the whole (Send) wrapper rather than its raw field.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
+/// The runs of tiles `t0..t0 + len` (row-major over `tw` tiles a row) that lie on one tile row:
+/// `(ty, tx0..tx1, o0)`, with `o0` the place of tile `(ty, tx0)` in the run `t0..`.
+fn tile_rows(t0: usize, len: usize, tw: usize) -> impl Iterator<Item = (usize, std::ops::Range<usize>, usize)> {
+    let mut t = t0;
+    std::iter::from_fn(move || {
+        (t < t0 + len).then(|| {
+            let (ty, tx0) = (t / tw, t % tw);
+            let tx1 = tw.min(tx0 + (t0 + len - t));
+            let o0 = t - t0;
+            t += tx1 - tx0;
+            (ty, tx0..tx1, o0)
+        })
+    })
 }
 
 /// `G g G^T` for each 3x3 kernel of `ws` (`[C_out, C_in, 3, 3]`, row-major), laid out
@@ -139,11 +142,8 @@ unsafe fn transform_input(
     stride: usize,
     e: &mut [f32],
 ) {
-    let mut t = t0;
-    while t < t0 + len {
-        let (ty, tx0) = (t / tw, t % tw);
-        let tx1 = tw.min(tx0 + (t0 + len - t));
-        let (c0, c1) = (2 * tx0, 2 * tx1 + 2);
+    for (ty, txs, o0) in tile_rows(t0, len, tw) {
+        let (c0, c1) = (2 * txs.start, 2 * txs.end + 2);
         let width = c1 - c0;
         let row = |i: usize| &p[(2 * ty + i) * wp..][c0..c1];
         let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
@@ -159,8 +159,7 @@ unsafe fn transform_input(
             e3[x] = d1[x] - d3[x];
         }
         // (B^T d) B per tile: the same combination of each row's four columns.
-        let o0 = t - t0;
-        let n = tx1 - tx0;
+        let n = txs.len();
         for (r, er) in [&*e0, &*e1, &*e2, &*e3].into_iter().enumerate() {
             // SAFETY: rows 4r..4r + 4, positions o0..o0 + n < len: the caller's contract.
             let [v0, v1, v2, v3] = std::array::from_fn(|c| unsafe {
@@ -174,7 +173,6 @@ unsafe fn transform_input(
                 v3[i] = a1 - a3;
             }
         }
-        t += n;
     }
 }
 
@@ -364,11 +362,7 @@ fn forward_tiles(
                 let bv = bias.map_or(0.0, |b| b[co]);
                 let mk: [&[f32]; 16] = std::array::from_fn(|k| &m[(k * co_len + j) * l..][..l]);
                 let plane_out = (b * c_out + co) * h_out * w_out;
-                let mut t = t0;
-                while t < t0 + l {
-                    let (ty, tx0) = (t / tw, t % tw);
-                    let tx1 = tw.min(tx0 + (t0 + l - t));
-                    let o0 = t - t0;
+                for (ty, txs, o0) in tile_rows(t0, l, tw) {
                     let y = 2 * ty;
                     // SAFETY: rows y and, when inside the map, y + 1 of channel co of image b: tiles
                     // t0..t0 + l belong to this task alone, and channels co0..co0 + co_len to its
@@ -377,13 +371,13 @@ fn forward_tiles(
                     let mut r1 = (y + 1 < h_out).then(|| unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.at(plane_out + (y + 1) * w_out), w_out)
                     });
-                    for i in 0..tx1 - tx0 {
+                    for (i, tx) in txs.enumerate() {
                         let o = o0 + i;
                         let q = |k: usize| mk[k][o];
                         // A^T M: two rows of four; then each row times A.
                         let s0 = [q(0) + q(4) + q(8), q(1) + q(5) + q(9), q(2) + q(6) + q(10), q(3) + q(7) + q(11)];
                         let s1 = [q(4) - q(8) - q(12), q(5) - q(9) - q(13), q(6) - q(10) - q(14), q(7) - q(11) - q(15)];
-                        let x = 2 * (tx0 + i);
+                        let x = 2 * tx;
                         r0[x] = s0[0] + s0[1] + s0[2] + bv;
                         if x + 1 < w_out {
                             r0[x + 1] = s0[1] - s0[2] - s0[3] + bv;
@@ -395,7 +389,6 @@ fn forward_tiles(
                             }
                         }
                     }
-                    t += tx1 - tx0;
                 }
             }
         });
@@ -542,12 +535,9 @@ unsafe fn transform_output_grad(
     stride: usize,
     e: &mut [f32],
 ) {
-    let mut t = t0;
-    while t < t0 + len {
-        let (ty, tx0) = (t / tw, t % tw);
-        let tx1 = tw.min(tx0 + (t0 + len - t));
-        let n = tx1 - tx0;
-        let (y, x0) = (2 * ty, 2 * tx0);
+    for (ty, txs, o0) in tile_rows(t0, len, tw) {
+        let n = txs.len();
+        let (y, x0) = (2 * ty, 2 * txs.start);
         // The tile row's two gradient rows, columns x0..x0 + 2n, zero where they overhang.
         let (g0, rest) = e.split_at_mut(2 * n);
         let (g1, rest) = rest.split_at_mut(2 * n);
@@ -570,7 +560,6 @@ unsafe fn transform_output_grad(
             a3[x] = -g1[x];
         }
         // (A dY) A^T per tile: each row's pair (a, b) becomes (a, a + b, a - b, -b).
-        let o0 = t - t0;
         for (r, ar) in [&*g0, &*a1, &*a2, &*a3].into_iter().enumerate() {
             // SAFETY: rows 4r..4r + 4, positions o0..o0 + n < len: the caller's contract.
             let [v0, v1, v2, v3] = std::array::from_fn(|c| unsafe {
@@ -584,7 +573,6 @@ unsafe fn transform_output_grad(
                 v3[i] = -b;
             }
         }
-        t += n;
     }
 }
 
