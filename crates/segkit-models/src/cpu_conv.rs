@@ -780,6 +780,70 @@ mod tests {
         }
     }
 
+    /// The patched gemm-common's half-width f16 kernel type (patches/README.md), whose methods
+    /// upstream left as `todo!()`, gives the full-width type's values lane for lane.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_patched_half_width_f16_kernel_matches_the_full_width_one() {
+        use gemm_common::simd::{MixedSimd, V3, V3Half};
+        use half::f16;
+        if !(std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c")) {
+            return; // V3 needs both; nothing to compare against
+        }
+        let h = <V3Half as MixedSimd<f16, f16, f16, f32>>::try_new().expect("V3Half always exists");
+        let f = <V3 as MixedSimd<f16, f16, f16, f32>>::try_new().expect("fma and f16c are present");
+        compare(h, f);
+    }
+
+    /// The comparison, generic in the full-width type so that its f16 methods resolve (`V3` also
+    /// implements the trait for f32, f64 and complex types).
+    #[cfg(target_arch = "x86_64")]
+    fn compare<W>(h: gemm_common::simd::V3Half, f: W)
+    where
+        W: gemm_common::simd::MixedSimd<
+                half::f16,
+                half::f16,
+                half::f16,
+                f32,
+                AccN = [f32; 8],
+                LhsN = [half::f16; 8],
+                RhsN = [half::f16; 8],
+                DstN = [half::f16; 8],
+            >,
+    {
+        use gemm_common::simd::MixedSimd;
+        use half::f16;
+        let xs = [1.0f32, -2.5, 0.333_333, 65504.0, 1e-7, -0.0, 3.140_625, 1e5];
+        let hs: [f16; 8] = xs.map(f16::from_f32);
+        let (a, b, c) = ([xs[0], xs[1], xs[2], xs[4]], [xs[6], xs[2], xs[1], xs[0]], [xs[5], xs[4], xs[2], xs[6]]);
+        let wide = |v: [f32; 4]| [v[0], v[1], v[2], v[3], 0.0, 0.0, 0.0, 0.0];
+        let low = |v: [f32; 8]| [v[0], v[1], v[2], v[3]];
+        let low_h = |v: [f16; 8]| [v[0], v[1], v[2], v[3]];
+        for (x, y) in xs.iter().zip(&hs) {
+            assert_eq!(h.from_lhs(*y), f.from_lhs(*y));
+            assert_eq!(h.from_rhs(*y), f.from_rhs(*y));
+            assert_eq!(h.from_dst(*y), f.from_dst(*y));
+            assert_eq!(h.into_dst(*x).to_bits(), f.into_dst(*x).to_bits(), "{x}");
+            assert_eq!(h.add(*x, 1.5), f.add(*x, 1.5));
+        }
+        assert_eq!(h.simd_mult_add(a, b, c), low(f.simd_mult_add(wide(a), wide(b), wide(c))));
+        assert_eq!(h.simd_mul(a, b), low(f.simd_mul(wide(a), wide(b))));
+        assert_eq!(h.simd_add(a, b), low(f.simd_add(wide(a), wide(b))));
+        assert_eq!(h.simd_splat(2.5), low(f.simd_splat(2.5)));
+        assert_eq!(h.simd_from_lhs(low_h(hs)), low(f.simd_from_lhs(hs)));
+        assert_eq!(h.simd_from_rhs(low_h(hs)), low(f.simd_from_rhs(hs)));
+        let back = |v: [f16; 4]| v.map(f16::to_bits);
+        assert_eq!(back(h.simd_into_dst(a)), back(low_h(f.simd_into_dst(wide(a)))));
+        struct Two;
+        impl gemm_common::pulp::NullaryFnOnce for Two {
+            type Output = i32;
+            fn call(self) -> i32 {
+                2
+            }
+        }
+        assert_eq!(h.vectorize(Two), 2);
+    }
+
     #[test]
     fn the_isa_cap_accepts_what_gemm_reads_and_rejects_the_rest() {
         let check = |value: Option<&str>, want: Result<IsaCap, ()>| {

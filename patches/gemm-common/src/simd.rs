@@ -677,44 +677,48 @@ mod x86 {
             unsafe { v3_fmaf(lhs, rhs, acc) }
         }
 
+        // segkit patch: upstream leaves every method but `simd_from_dst` as `todo!()` (gemm-f16
+        // only calls that one on this type); these are lane-wise versions with the same rounding
+        // as `V3`'s (f16 <-> f32 round to nearest even, multiply-adds fused), so nothing in the
+        // vendored source panics by design.
         #[inline(always)]
-        fn from_lhs(self, _lhs: f16) -> f32 {
-            todo!()
+        fn from_lhs(self, lhs: f16) -> f32 {
+            lhs.to_f32()
         }
 
         #[inline(always)]
-        fn from_rhs(self, _rhs: f16) -> f32 {
-            todo!()
+        fn from_rhs(self, rhs: f16) -> f32 {
+            rhs.to_f32()
         }
 
         #[inline(always)]
-        fn from_dst(self, _dst: f16) -> f32 {
-            todo!()
+        fn from_dst(self, dst: f16) -> f32 {
+            dst.to_f32()
         }
 
         #[inline(always)]
-        fn into_dst(self, _acc: f32) -> f16 {
-            todo!()
+        fn into_dst(self, acc: f32) -> f16 {
+            f16::from_f32(acc)
         }
 
         #[inline(always)]
-        fn simd_mult_add(self, _lhs: Self::AccN, _rhs: Self::AccN, _acc: Self::AccN) -> Self::AccN {
-            todo!()
+        fn simd_mult_add(self, lhs: Self::AccN, rhs: Self::AccN, acc: Self::AccN) -> Self::AccN {
+            core::array::from_fn(|i| unsafe { v3_fmaf(lhs[i], rhs[i], acc[i]) })
         }
 
         #[inline(always)]
-        fn simd_from_lhs(self, _lhs: Self::LhsN) -> Self::AccN {
-            todo!()
+        fn simd_from_lhs(self, lhs: Self::LhsN) -> Self::AccN {
+            lhs.map(f16::to_f32)
         }
 
         #[inline(always)]
-        fn simd_from_rhs(self, _rhs: Self::RhsN) -> Self::AccN {
-            todo!()
+        fn simd_from_rhs(self, rhs: Self::RhsN) -> Self::AccN {
+            rhs.map(f16::to_f32)
         }
 
         #[inline(always)]
-        fn simd_splat(self, _lhs: f32) -> Self::AccN {
-            todo!()
+        fn simd_splat(self, lhs: f32) -> Self::AccN {
+            [lhs; 4]
         }
 
         #[inline(always)]
@@ -723,28 +727,28 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn simd_into_dst(self, _acc: Self::AccN) -> Self::DstN {
-            todo!()
+        fn simd_into_dst(self, acc: Self::AccN) -> Self::DstN {
+            acc.map(f16::from_f32)
         }
 
         #[inline(always)]
-        fn vectorize<F: NullaryFnOnce>(self, _f: F) -> F::Output {
-            todo!()
+        fn vectorize<F: NullaryFnOnce>(self, f: F) -> F::Output {
+            f.call()
         }
 
         #[inline(always)]
-        fn add(self, _lhs: f32, _rhs: f32) -> f32 {
-            todo!()
+        fn add(self, lhs: f32, rhs: f32) -> f32 {
+            lhs + rhs
         }
 
         #[inline(always)]
-        fn simd_mul(self, _lhs: Self::AccN, _rhs: Self::AccN) -> Self::AccN {
-            todo!()
+        fn simd_mul(self, lhs: Self::AccN, rhs: Self::AccN) -> Self::AccN {
+            core::array::from_fn(|i| lhs[i] * rhs[i])
         }
 
         #[inline(always)]
-        fn simd_add(self, _lhs: Self::AccN, _rhs: Self::AccN) -> Self::AccN {
-            todo!()
+        fn simd_add(self, lhs: Self::AccN, rhs: Self::AccN) -> Self::AccN {
+            core::array::from_fn(|i| lhs[i] + rhs[i])
         }
     }
 
