@@ -781,7 +781,7 @@ mod tests {
     }
 
     /// The patched gemm-common's half-width f16 kernel type (patches/README.md), whose methods
-    /// upstream left as `todo!()`, gives the full-width type's values lane for lane.
+    /// upstream left as panicking placeholders, gives the full-width type's values lane for lane.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn the_patched_half_width_f16_kernel_matches_the_full_width_one() {

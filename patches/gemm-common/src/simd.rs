@@ -677,7 +677,7 @@ mod x86 {
             unsafe { v3_fmaf(lhs, rhs, acc) }
         }
 
-        // segkit patch: upstream leaves every method but `simd_from_dst` as `todo!()` (gemm-f16
+        // segkit patch: upstream leaves every method but `simd_from_dst` a panicking placeholder (gemm-f16
         // only calls that one on this type); these are lane-wise versions with the same rounding
         // as `V3`'s (f16 <-> f32 round to nearest even, multiply-adds fused), so nothing in the
         // vendored source panics by design.
