@@ -36,7 +36,7 @@
 //! output tiles (U-Net's bottleneck at 252x252 keeps it too), f32, and the switch
 //! [`set_enabled`] on. Other layers take `cpu_conv`'s direct kernels.
 
-use crate::cpu_conv::OutPtr;
+use crate::cpu_conv::{Activation, OutPtr};
 use burn::tensor::{DType, Shape};
 use burn_flex::FlexTensor;
 use std::cell::RefCell;
@@ -95,16 +95,31 @@ fn tile_rows(t0: usize, len: usize, tw: usize) -> impl Iterator<Item = (usize, s
     })
 }
 
-/// `G g G^T` for each 3x3 kernel of `ws` (`[C_out, C_in, 3, 3]`, row-major), laid out
+/// How a convolution's kernels are read from the weights `ws` it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    /// `ws` is `[C_out, C_in, 3, 3]`: the layer's own weights.
+    AsGiven,
+    /// `ws` is `[C_in, C_out, 3, 3]` and kernel `(co, ci)` is `ws[ci, co]` rotated by 180
+    /// degrees: the convolution that computes a layer's input gradient, read off the layer's
+    /// weights without a rotated copy.
+    Flipped,
+}
+
+/// `G g G^T` for each 3x3 kernel `g` of `ws` (read as `kernels` says), laid out
 /// `[C_out][16][C_in]`: output channel `co`'s 16 matrices' rows are one contiguous run, so the
 /// transform splits over output channels, and `U_k` is the `C_out x C_in` matrix at offset
 /// `k C_in` with row stride `16 C_in`.
 /// G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
-fn transform_weights(ws: &[f32], c_in: usize, u: &mut [f32]) {
+fn transform_weights(ws: &[f32], c_in: usize, kernels: Kernels, u: &mut [f32]) {
     use rayon::prelude::*;
+    let c_out = u.len() / (16 * c_in);
     u.par_chunks_mut(16 * c_in).enumerate().for_each(|(co, dst)| {
         for ci in 0..c_in {
-            let g = &ws[(co * c_in + ci) * 9..][..9];
+            let g: [f32; 9] = match kernels {
+                Kernels::AsGiven => ws[(co * c_in + ci) * 9..][..9].try_into().expect("nine taps"),
+                Kernels::Flipped => std::array::from_fn(|t| ws[(ci * c_out + co) * 9 + 8 - t]),
+            };
             // G g: 4 rows of 3.
             let mut gg = [[0f32; 3]; 4];
             for c in 0..3 {
@@ -143,34 +158,47 @@ unsafe fn transform_input(
     e: &mut [f32],
 ) {
     for (ty, txs, o0) in tile_rows(t0, len, tw) {
+        let n = txs.len();
         let (c0, c1) = (2 * txs.start, 2 * txs.end + 2);
-        let width = c1 - c0;
         let row = |i: usize| &p[(2 * ty + i) * wp..][c0..c1];
         let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
-        // B^T d for the tile row: its four input rows combined elementwise.
-        let (e0, rest) = e.split_at_mut(width);
-        let (e1, rest) = rest.split_at_mut(width);
-        let (e2, rest) = rest.split_at_mut(width);
-        let e3 = &mut rest[..width];
-        for x in 0..width {
-            e0[x] = d0[x] - d2[x];
-            e1[x] = d1[x] + d2[x];
-            e2[x] = d2[x] - d1[x];
-            e3[x] = d1[x] - d3[x];
+        // B^T d for the tile row (its four input rows combined elementwise), stored as the even
+        // and the odd columns of each of its four rows: n + 1 of each.
+        let m = n + 1;
+        let (ev, rest) = e.split_at_mut(4 * m);
+        let od = &mut rest[..4 * m];
+        let (ev0, ev) = ev.split_at_mut(m);
+        let (ev1, ev) = ev.split_at_mut(m);
+        let (ev2, ev3) = ev.split_at_mut(m);
+        let (od0, od) = od.split_at_mut(m);
+        let (od1, od) = od.split_at_mut(m);
+        let (od2, od3) = od.split_at_mut(m);
+        let (d0, d1, d2, d3) = (&d0[..2 * m], &d1[..2 * m], &d2[..2 * m], &d3[..2 * m]);
+        for j in 0..m {
+            let (x, y) = (2 * j, 2 * j + 1);
+            ev0[j] = d0[x] - d2[x];
+            od0[j] = d0[y] - d2[y];
+            ev1[j] = d1[x] + d2[x];
+            od1[j] = d1[y] + d2[y];
+            ev2[j] = d2[x] - d1[x];
+            od2[j] = d2[y] - d1[y];
+            ev3[j] = d1[x] - d3[x];
+            od3[j] = d1[y] - d3[y];
         }
-        // (B^T d) B per tile: the same combination of each row's four columns.
-        let n = txs.len();
-        for (r, er) in [&*e0, &*e1, &*e2, &*e3].into_iter().enumerate() {
+        let (ev, od) = ([&*ev0, &*ev1, &*ev2, &*ev3], [&*od0, &*od1, &*od2, &*od3]);
+        // (B^T d) B per tile: the same combination of each row's four columns, which for tile i
+        // are ev[i], od[i], ev[i + 1], od[i + 1]: unit-stride loops the compiler vectorises.
+        for r in 0..4 {
+            let (ea, oa, eb, ob) = (&ev[r][..n], &od[r][..n], &ev[r][1..], &od[r][1..]);
             // SAFETY: rows 4r..4r + 4, positions o0..o0 + n < len: the caller's contract.
             let [v0, v1, v2, v3] = std::array::from_fn(|c| unsafe {
                 std::slice::from_raw_parts_mut(dst.at((4 * r + c) * stride + o0), n)
             });
             for i in 0..n {
-                let (a0, a1, a2, a3) = (er[2 * i], er[2 * i + 1], er[2 * i + 2], er[2 * i + 3]);
-                v0[i] = a0 - a2;
-                v1[i] = a1 + a2;
-                v2[i] = a2 - a1;
-                v3[i] = a1 - a3;
+                v0[i] = ea[i] - eb[i];
+                v1[i] = oa[i] + eb[i];
+                v2[i] = eb[i] - oa[i];
+                v3[i] = oa[i] - ob[i];
             }
         }
     }
@@ -248,15 +276,20 @@ impl Tiling {
 }
 
 /// A 3x3, stride-1 convolution with zero padding `pad` by Winograd F(2x2, 3x3): `xs` is
-/// `[n, C_in, h, w]`, `ws` `[C_out, C_in, 3, 3]` (both contiguous, row-major); `None` when the
-/// output would be empty. Same values as the direct convolution up to float rounding.
+/// `[n, C_in, h, w]`, `ws` the weights (contiguous, row-major; `[C_out, C_in, 3, 3]` or, for
+/// `Kernels::Flipped`, `[C_in, C_out, 3, 3]`), `act` applied to each output as it is written;
+/// `None` when the output would be empty. Same values as the direct convolution up to float
+/// rounding.
+#[allow(clippy::too_many_arguments)] // one convolution's shapes, options and output activation
 pub(crate) fn conv3x3_f32(
     xs: &[f32],
     [n, c_in, h, w]: [usize; 4],
     ws: &[f32],
+    kernels: Kernels,
     c_out: usize,
     bias: Option<&[f32]>,
     pad: [usize; 2],
+    act: Activation,
 ) -> Option<FlexTensor> {
     if [n, c_in, c_out, h, w].contains(&0) || xs.len() != n * c_in * h * w || ws.len() != c_out * c_in * 9 {
         return None;
@@ -266,8 +299,8 @@ pub(crate) fn conv3x3_f32(
     let out = with_scratch(&PADDED, n * c_in * plane, |xp| {
         pad_planes(xs, [h, w], pad, [hp, wp], xp);
         with_scratch(&WEIGHTS, c_out * 16 * c_in, |u| {
-            transform_weights(ws, c_in, u);
-            forward_tiles(xp, u, [n, c_in, c_out], &Tiling { h_out, w_out, th, tw, hp, wp }, bias)
+            transform_weights(ws, c_in, kernels, u);
+            forward_tiles(xp, u, [n, c_in, c_out], &Tiling { h_out, w_out, th, tw, hp, wp }, bias, act)
         })
     });
     Some(out)
@@ -280,6 +313,7 @@ fn forward_tiles(
     [n, c_in, c_out]: [usize; 3],
     tiling: &Tiling,
     bias: Option<&[f32]>,
+    act: Activation,
 ) -> FlexTensor {
     use rayon::prelude::*;
     let &Tiling { h_out, w_out, th, tw, hp, wp } = tiling;
@@ -356,7 +390,8 @@ fn forward_tiles(
                     );
                 }
             }
-            // A^T M A per tile, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], plus the bias.
+            // A^T M A per tile, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], plus the bias, through the
+            // activation: the values are written once, so a fused ReLU costs no pass of its own.
             for j in 0..co_len {
                 let co = co0 + j;
                 let bv = bias.map_or(0.0, |b| b[co]);
@@ -364,36 +399,60 @@ fn forward_tiles(
                 let plane_out = (b * c_out + co) * h_out * w_out;
                 for (ty, txs, o0) in tile_rows(t0, l, tw) {
                     let y = 2 * ty;
-                    // SAFETY: rows y and, when inside the map, y + 1 of channel co of image b: tiles
-                    // t0..t0 + l belong to this task alone, and channels co0..co0 + co_len to its
-                    // channel block, so no other task writes these columns.
-                    let r0 = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(plane_out + y * w_out), w_out) };
-                    let mut r1 = (y + 1 < h_out).then(|| unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.at(plane_out + (y + 1) * w_out), w_out)
-                    });
-                    for (i, tx) in txs.enumerate() {
-                        let o = o0 + i;
-                        let q = |k: usize| mk[k][o];
-                        // A^T M: two rows of four; then each row times A.
-                        let s0 = [q(0) + q(4) + q(8), q(1) + q(5) + q(9), q(2) + q(6) + q(10), q(3) + q(7) + q(11)];
-                        let s1 = [q(4) - q(8) - q(12), q(5) - q(9) - q(13), q(6) - q(10) - q(14), q(7) - q(11) - q(15)];
-                        let x = 2 * tx;
-                        r0[x] = s0[0] + s0[1] + s0[2] + bv;
-                        if x + 1 < w_out {
-                            r0[x + 1] = s0[1] - s0[2] - s0[3] + bv;
-                        }
-                        if let Some(r1) = r1.as_deref_mut() {
-                            r1[x] = s1[0] + s1[1] + s1[2] + bv;
-                            if x + 1 < w_out {
-                                r1[x + 1] = s1[1] - s1[2] - s1[3] + bv;
-                            }
-                        }
+                    let q: [&[f32]; 16] = std::array::from_fn(|k| &mk[k][o0..o0 + txs.len()]);
+                    let row = |k: usize| [q[k], q[k + 1], q[k + 2], q[k + 3]];
+                    // Two output columns per tile, one for a tile half outside the map.
+                    let (x0, x1) = (2 * txs.start, (2 * txs.end).min(w_out));
+                    // SAFETY: rows y and, when inside the map, y + 1 of channel co of image b, columns
+                    // x0..x1: tiles t0..t0 + l belong to this task alone, and channels
+                    // co0..co0 + co_len to its channel block, so no other task writes them.
+                    let r0 = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(plane_out + y * w_out + x0), x1 - x0) };
+                    output_row::<false>(r0, [row(0), row(4), row(8)], bv, act);
+                    if y + 1 < h_out {
+                        let r1 = unsafe {
+                            std::slice::from_raw_parts_mut(out_ptr.at(plane_out + (y + 1) * w_out + x0), x1 - x0)
+                        };
+                        output_row::<true>(r1, [row(4), row(8), row(12)], bv, act);
                     }
                 }
             }
         });
     });
     out
+}
+
+/// One output row of a run of tiles, from three rows `[a, b, c]` of each tile's `M` (four
+/// columns each): `s_j = a_j + b_j + c_j` (or `a_j - b_j - c_j` for `SUB`, the tiles' second
+/// row), then `dst[2i] = s_0 + s_1 + s_2` and `dst[2i + 1] = s_1 - s_2 - s_3` for tile `i`, plus
+/// the bias, through `act`. `dst` holds two values per tile, one fewer when the last tile is half
+/// outside the map. The loop over whole tiles has unit-stride loads and no branch, so the
+/// compiler vectorises it; the sums are in the order the scalar version used (same values).
+#[inline(always)]
+fn output_row<const SUB: bool>(dst: &mut [f32], [a, b, c]: [[&[f32]; 4]; 3], bias: f32, act: Activation) {
+    #[inline(always)]
+    fn run<const SUB: bool>(dst: &mut [f32], [a, b, c]: [[&[f32]; 4]; 3], bias: f32, f: impl Fn(f32) -> f32) {
+        let sum = |a: f32, b: f32, c: f32| if SUB { a - b - c } else { a + b + c };
+        let n = dst.len() / 2;
+        let (body, tail) = dst.split_at_mut(2 * n);
+        // Slices of exactly n, so the loop's indexing needs no bounds checks.
+        fn cut(v: [&[f32]; 4], n: usize) -> [&[f32]; 4] {
+            v.map(|s| &s[..n])
+        }
+        let (aw, bw, cw) = (cut(a, n), cut(b, n), cut(c, n));
+        for (i, pair) in body.chunks_exact_mut(2).enumerate() {
+            let [s0, s1, s2, s3] = std::array::from_fn(|j| sum(aw[j][i], bw[j][i], cw[j][i]));
+            pair[0] = f(s0 + s1 + s2 + bias);
+            pair[1] = f(s1 - s2 - s3 + bias);
+        }
+        if let [last] = tail {
+            let [s0, s1, s2] = std::array::from_fn(|j| sum(a[j][n], b[j][n], c[j][n]));
+            *last = f(s0 + s1 + s2 + bias);
+        }
+    }
+    match act {
+        Activation::Identity => run::<SUB>(dst, [a, b, c], bias, |v| v),
+        Activation::Relu => run::<SUB>(dst, [a, b, c], bias, |v| Activation::Relu.apply(v)),
+    }
 }
 
 /// The weight gradient of a 3x3, stride-1 convolution with padding `pad`, through the same
@@ -590,17 +649,8 @@ pub(crate) fn input_grad_f32(
     if pad[0] > 2 || pad[1] > 2 || ws.len() != c_out * c_in * 9 {
         return None;
     }
-    let mut rotated = vec![0f32; ws.len()];
-    for co in 0..c_out {
-        for ci in 0..c_in {
-            let src = &ws[(co * c_in + ci) * 9..][..9];
-            let dst = &mut rotated[(ci * c_out + co) * 9..][..9];
-            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                *d = *s;
-            }
-        }
-    }
-    conv3x3_f32(dys, [n, c_out, h_out, w_out], &rotated, c_in, None, [2 - pad[0], 2 - pad[1]])
+    let pad = [2 - pad[0], 2 - pad[1]];
+    conv3x3_f32(dys, [n, c_out, h_out, w_out], ws, Kernels::Flipped, c_in, None, pad, Activation::Identity)
 }
 
 #[cfg(test)]
@@ -636,6 +686,15 @@ mod tests {
         a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
     }
 
+    /// [`conv3x3_f32`] with the layer's own kernels and no activation: `x` is `[n, C_in, h, w]`,
+    /// `wt` `[C_out, C_in, 3, 3]`.
+    fn forward(x: &FlexTensor, wt: &FlexTensor, bias: Option<&[f32]>, pad: [usize; 2]) -> FlexTensor {
+        let dims = x.layout().shape().dims();
+        let c_out = wt.layout().shape().dims::<4>()[0];
+        conv3x3_f32(&vec(x), dims, &vec(wt), Kernels::AsGiven, c_out, bias, pad, Activation::Identity)
+            .expect("Winograd applies")
+    }
+
     /// Forward (with a bias), input and weight gradients against flex's convolution and its
     /// gradients. `(n, c_in, c_out, h, w, pad)`.
     fn check(case: (usize, usize, usize, usize, usize, usize)) {
@@ -646,8 +705,7 @@ mod tests {
         let bias = rng.data([1, 1, 1, c_out]);
         let bias = FlexTensor::from_data(TensorData::new(vec(&bias), [c_out]));
         let opts = ConvOptions::new([1, 1], [pad, pad], [1, 1], 1);
-        let y = conv3x3_f32(&vec(&x), [n, c_in, h, w], &vec(&wt), c_out, Some(&vec(&bias)), [pad, pad])
-            .expect("Winograd applies");
+        let y = forward(&x, &wt, Some(&vec(&bias)), [pad, pad]);
         let reference = Flex::conv2d(x.clone(), wt.clone(), Some(bias), opts.clone());
         let e = rel_diff(&y, &reference);
         assert!(e < 1e-5, "forward differs for {case:?}: {e}");
@@ -690,7 +748,7 @@ mod tests {
         let mut rng = Rng(5);
         let x = rng.data([n, c_in, h, w]);
         let wt = rng.data([c_out, c_in, 3, 3]);
-        let y = conv3x3_f32(&vec(&x), [n, c_in, h, w], &vec(&wt), c_out, None, [1, 1]).unwrap();
+        let y = forward(&x, &wt, None, [1, 1]);
         let reference = Flex::conv2d(x, wt, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
         let e = rel_diff(&y, &reference);
         assert!(e < 2e-6, "relative error {e}");

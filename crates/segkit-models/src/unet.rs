@@ -17,12 +17,11 @@
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::pool::MaxPool2d;
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use crate::ModelError;
 use crate::cpu_conv::conv2d;
 use crate::cpu_pool::max_pool2d;
-use crate::layers::{BatchNorm2d, center_crop, conv, max_pool, up_conv};
+use crate::layers::{BatchNorm2d, center_crop, conv, conv_bn_relu, max_pool, up_conv};
 use crate::trace::{Shape3, Tracer};
 
 /// Two 3x3 convolutions, each followed by (optional batch norm and) ReLU.
@@ -47,15 +46,8 @@ impl DoubleConv {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = conv2d(&self.conv1, x);
-        if let Some(bn) = &self.bn1 {
-            x = bn.forward(x);
-        }
-        let mut x = conv2d(&self.conv2, relu(x));
-        if let Some(bn) = &self.bn2 {
-            x = bn.forward(x);
-        }
-        relu(x)
+        let x = conv_bn_relu(&self.conv1, self.bn1.as_ref(), x);
+        conv_bn_relu(&self.conv2, self.bn2.as_ref(), x)
     }
 
     fn trace(&self, t: &mut Tracer, prefix: &str, x: Shape3) -> Result<Shape3, ModelError> {

@@ -18,13 +18,12 @@ use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use crate::ModelError;
-use crate::cpu_conv::conv2d;
+use crate::cpu_conv::conv2d_relu;
 use crate::cpu_pool::max_pool2d;
 use crate::geometry::CoordMap;
-use crate::layers::{BatchNorm2d, conv, max_pool};
+use crate::layers::{BatchNorm2d, conv, conv_bn_relu, max_pool};
 use crate::trace::{Shape3, Tracer};
 
 /// conv1_1's padding in the reference model.
@@ -186,11 +185,7 @@ impl Vgg16 {
         let mut pool4 = None;
         for (i, (convs, (_, pool))) in self.stages().into_iter().enumerate() {
             for (_, c, bn) in convs {
-                x = conv2d(c, x);
-                if let Some(bn) = bn {
-                    x = bn.forward(x);
-                }
-                x = relu(x);
+                x = conv_bn_relu(c, bn, x);
             }
             x = max_pool2d(pool, x); // H/2^(i+1), rounded up
             match i {
@@ -199,8 +194,8 @@ impl Vgg16 {
                 _ => {}
             }
         }
-        let x = self.drop6.forward(relu(conv2d(&self.fc6, x))); // (H5 - 6) x (W5 - 6)
-        let fc7 = self.drop7.forward(relu(conv2d(&self.fc7, x)));
+        let x = self.drop6.forward(conv2d_relu(&self.fc6, x)); // (H5 - 6) x (W5 - 6)
+        let fc7 = self.drop7.forward(conv2d_relu(&self.fc7, x));
         VggTaps { pool3: pool3.expect("five stages"), pool4: pool4.expect("five stages"), fc7 }
     }
 
