@@ -12,10 +12,16 @@
 #      and vulkan, next to bench/torch_bench.py on the same GPU: eager fp32 and channels_last.
 #      PyTorch runs with its defaults: TF32 off for matmuls, on for cuDNN convolutions;
 #   3. FCN-8s on CamVid for 3 minutes of GPU training (Ctrl-C at the limit saves a checkpoint):
-#      its metrics.csv (loss curve and val mean IoU).
-# Output: Markdown on stdout, ready for docs/BENCHMARKS.md. Environment: SEGKIT (the binary;
-# default .device/bin/segkit, else target/release/segkit), CAMVID (default .device/data/camvid,
-# else ../shared/datasets/camvid), RUNS (scratch run directory, default /tmp/segkit-gpu-runs).
+#      its metrics.csv (loss curve and val mean IoU);
+#   4. a kernel profile of each step-2 case on vulkan: each kernel's time and launches per
+#      training step (cubecl's profiling logger, in a pass of its own because it times every
+#      kernel separately) and every autotune choice made in step 2 (cubecl's decision log), so
+#      that one GPU run leaves what the GPU speed work needs offline (bench/kernel_profile.py).
+# Output: Markdown on stdout, ready for docs/BENCHMARKS.md; cubecl's raw logs under LOGS.
+# Environment: SEGKIT (the binary; default .device/bin/segkit, else target/release/segkit),
+# CAMVID (default .device/data/camvid, else ../shared/datasets/camvid), RUNS (scratch run
+# directory, default /tmp/segkit-gpu-runs), LOGS (cubecl's logs: $OUT/gpu-logs on the device
+# machine, else $RUNS/logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 smoke=0
@@ -28,6 +34,24 @@ if ! [ -x "$SEGKIT" ]; then
     echo "bench/gpu.sh: no segkit binary at $SEGKIT (set SEGKIT=path/to/segkit)" >&2
     exit 2
 fi
+# The benches run inside their log folders (cubecl reads cubecl.toml from the working directory).
+SEGKIT=$(realpath "$SEGKIT")
+LOGS=${LOGS:-${OUT:+$OUT/gpu-logs}}
+LOGS=$(realpath -m "${LOGS:-$RUNS/logs}")
+mkdir -p "$LOGS"
+
+# A folder for one case's cubecl logs with the cubecl.toml that asks for them: `tune` records
+# every autotune decision (no effect on timings), `profile` times every kernel (slows the step).
+log_dir() { # name tune|profile
+    local dir="$LOGS/$1/$2"
+    mkdir -p "$dir"
+    if [ "$2" = tune ]; then
+        printf '[autotune.logger]\nfile = "autotune.log"\nlevel = "full"\nappend = false\n\n[autotune.decisions]\nfile = "autotune-decisions.jsonl"\nappend = false\n' > "$dir/cubecl.toml"
+    else
+        printf '[profiling.logger]\nfile = "profile.log"\nlevel = "basic"\nappend = false\n' > "$dir/cubecl.toml"
+    fi
+    echo "$dir"
+}
 
 # wgpu = cubecl's WGSL compiler, vulkan = its SPIR-V compiler (docs/GPU.md); on lavapipe too.
 if [ $smoke = 1 ]; then
@@ -79,8 +103,9 @@ for c in "${cases[@]}"; do
         python3 -c 'import json,sys; print(json.load(sys.stdin)["forward_gflop"])')
     for mode in train infer; do
         for d in "${devices[@]}"; do
-            out=$(timeout "$limit" "$SEGKIT" bench --model "$model" --size "$size" --batch "$batch" ${extra:-} \
-                --device "$d" --mode "$mode" --steps 10 --warmup 3 --json 2>/dev/null; echo " rc=$?")
+            dir=$(log_dir "$model-$size-b$batch-$mode-$d" tune)
+            out=$(cd "$dir" && timeout "$limit" "$SEGKIT" bench --model "$model" --size "$size" --batch "$batch" ${extra:-} \
+                --device "$d" --mode "$mode" --steps 10 --warmup 3 --json 2>"$dir/stderr.log"; echo " rc=$?")
             json_row "$model $size b$batch" "$mode" "segkit $d" "$(grep '^{' <<<"$out" | tail -n 1)" "${out##*rc=}"
         done
         if [ $smoke = 0 ]; then
@@ -112,3 +137,20 @@ echo '```'
 [ -n "$run" ] && cat "$run/metrics.csv" 2>/dev/null
 grep -E "^(step|error)" "$RUNS/train.log" | tail -n 5
 echo '```'
+echo
+
+echo "## 4. kernel profile (vulkan, a profiled pass of 3 steps after step 2's timed one)"
+echo
+profile_steps=3
+for c in "${cases[@]}"; do
+    read -r model size batch extra <<<"$c"
+    for mode in train infer; do
+        name="$model-$size-b$batch-$mode-vulkan"
+        dir=$(log_dir "$name" profile)
+        (cd "$dir" && timeout "$limit" "$SEGKIT" bench --model "$model" --size "$size" --batch "$batch" ${extra:-} \
+            --device vulkan --mode "$mode" --steps $((profile_steps - 1)) --warmup 1 --json > bench.json 2> stderr.log)
+        echo "### $model $size b$batch $mode (exit $?; logs in $LOGS/$name)"
+        echo
+        python3 bench/kernel_profile.py "$LOGS/$name" --steps "$profile_steps"
+    done
+done

@@ -186,6 +186,18 @@ impl AdapterInfo {
     pub fn is_software(&self) -> bool {
         self.kind == "CPU" || self.name.contains("llvmpipe")
     }
+
+    /// The major Mesa version of the driver ("... Mesa 25.0.7 ..." or "(Mesa 22.3.6)"), if it
+    /// is Mesa's.
+    pub fn mesa_major(&self) -> Option<u32> {
+        mesa_major_in(&self.describe())
+    }
+}
+
+/// The major version after "Mesa " in an adapter's description, if there is one.
+pub fn mesa_major_in(text: &str) -> Option<u32> {
+    let at = text.find("Mesa ")? + "Mesa ".len();
+    text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// The adapters of one graphics API (`VULKAN` or `GL`) as wgpu reports them, without compiling
@@ -229,6 +241,16 @@ pub fn adapter_for(api: Api) -> Option<AdapterInfo> {
             .unwrap_or_else(|| adapters_on(wgpu::Backends::GL)),
     };
     on.iter().find(|a| a.kind == "discrete GPU").or(on.first()).cloned()
+}
+
+/// The adapter `auto` trains on when it picks a GPU: the first real (not software) adapter,
+/// a discrete GPU first, on Vulkan, else on OpenGL.
+pub fn auto_adapter() -> Option<AdapterInfo> {
+    let real = |v: Vec<AdapterInfo>| {
+        let v: Vec<AdapterInfo> = v.into_iter().filter(|a| !a.is_software()).collect();
+        v.iter().find(|a| a.kind == "discrete GPU").or(v.first()).cloned()
+    };
+    real(adapters_on(wgpu::Backends::VULKAN)).or_else(|| real(adapters_on(wgpu::Backends::GL)))
 }
 
 /// Runs a future that native wgpu resolves at once (adapter enumeration) on this thread.

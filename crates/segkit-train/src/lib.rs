@@ -5,6 +5,7 @@
 //! crate writes is written to a temporary name and renamed, so a kill never leaves a half file;
 //! metrics come from one confusion matrix over a whole split.
 
+pub mod adapter_check;
 pub mod bench;
 pub mod bnstats;
 pub mod compare;
@@ -184,6 +185,9 @@ pub fn write_atomic_keep_previous(path: &Path, previous: &Path, bytes: &[u8]) ->
 /// 1), `abort-in-write=last.safetensors:N` halfway through the N-th write of a file of that
 /// name, `abort-after-step=N` right after optimiser step N, before anything of that step is
 /// saved; several are separated by commas. The abort is as abrupt as SIGKILL: no destructor runs, no buffer is flushed.
+/// `wrong-gpu-gradient` is not an abort: the selftest's gradient checks see the GPU side's first
+/// gradient made wrong (`selftest`), as on a driver with a wrong kernel, so that the adapter check
+/// can be tested without one.
 pub mod fault {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -193,6 +197,7 @@ pub mod fault {
         /// Abort in the N-th write of a file with this name (any file when empty).
         in_write: Option<(String, usize)>,
         after_step: Option<usize>,
+        wrong_gpu_gradient: bool,
     }
 
     fn plan() -> &'static Plan {
@@ -200,6 +205,9 @@ pub mod fault {
         PLAN.get_or_init(|| {
             let mut p = Plan::default();
             for part in std::env::var("SEGKIT_FAULT").unwrap_or_default().split(',') {
+                if part.trim() == "wrong-gpu-gradient" {
+                    p.wrong_gpu_gradient = true;
+                }
                 let Some((k, v)) = part.split_once('=') else { continue };
                 let (file, n) = v.trim().rsplit_once(':').unwrap_or(("", v.trim()));
                 match (k.trim(), n.parse::<usize>()) {
@@ -227,6 +235,11 @@ pub mod fault {
             std::process::abort();
         }
         Ok(())
+    }
+
+    /// Whether the selftest's gradient checks are to see a wrong GPU gradient.
+    pub(crate) fn wrong_gpu_gradient() -> bool {
+        plan().wrong_gpu_gradient
     }
 
     /// Called after every optimiser step.

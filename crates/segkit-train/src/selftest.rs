@@ -104,10 +104,96 @@ fn random_weights(model: &SegModel, seed: u64) -> std::collections::BTreeMap<Str
     all
 }
 
-/// Forward and gradient checks for one model case.
+/// The check of kernels whose loops run long ([`check_long_loops`]); part of every training
+/// check, whatever the model kind.
+pub const LONG_LOOPS: &str = "kernels/long-loops";
+
+/// How many checks [`run`] makes.
+pub fn check_count() -> usize {
+    2 * model_cases().len() + 6
+}
+
+/// The checks of one model kind that a command using it needs: the forward checks of every case
+/// of that kind, and for training [`LONG_LOOPS`] and their gradient checks too. `adapter_check`
+/// runs these before a run uses an adapter; `segkit selftest` runs them all.
+pub fn check_names(kind: ModelKind, gradients: bool) -> Vec<String> {
+    let mut names = Vec::new();
+    if gradients {
+        names.push(LONG_LOOPS.to_string());
+    }
+    for (name, cfg, _) in model_cases() {
+        if cfg.model == kind {
+            names.push(format!("forward/{name}"));
+            if gradients {
+                names.push(format!("gradients/{name}"));
+            }
+        }
+    }
+    names
+}
+
+/// The forward checks (and with `gradients` the gradient checks) of every case of `kind` on `gpu`
+/// against the CPU: what [`check_names`] lists, in that order.
+pub fn check_kind(kind: ModelKind, gpu: &Device, gradients: bool, out: &mut dyn FnMut(CheckResult)) {
+    if gradients {
+        check_long_loops(gpu, out);
+    }
+    for (name, cfg, size) in model_cases() {
+        if cfg.model == kind {
+            check_model(name, &cfg, size, gpu, gradients, out);
+        }
+    }
+}
+
+/// Kernels whose loops run far past 65,535 iterations per invocation, against the CPU: the
+/// weight gradients of a 3x3 convolution over a 256x256 map and of a 2x2 stride-2 transposed
+/// convolution onto a 512x512 one (Burn computes each as a direct convolution whose kernel is
+/// the whole map, about 200,000 loop iterations per invocation). Mesa 22.3's llvmpipe ends
+/// every loop of a shader once 65,535 iterations have run in all, silently
+/// (`LP_MAX_TGSI_LOOP_ITERATIONS`; docs/GPU.md, section 3); the model checks' tiny sizes stay
+/// under that limit for U-Net, while its gradients at training sizes would not.
+fn check_long_loops(gpu: &Device, out: &mut dyn FnMut(CheckResult)) {
+    use burn::tensor::module::{conv_transpose2d, conv2d};
+    use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+    let t0 = Instant::now();
+    let (n, m) = (256usize, 512usize);
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut draw = |len: usize| (0..len).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect::<Vec<f32>>();
+    let (x, w, dy) = (draw(n * n), draw(9), draw(n * n));
+    let (wt, dz) = (draw(4), draw(m * m));
+    let run = |d: &Device| {
+        let d = d.clone().autodiff();
+        let t = |v: &Vec<f32>, shape: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v.clone(), shape), &d);
+        let (w, wt) = (t(&w, [1, 1, 3, 3]).require_grad(), t(&wt, [1, 1, 2, 2]).require_grad());
+        let y = conv2d(t(&x, [1, 1, n, n]), w.clone(), None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+        let options = ConvTransposeOptions::new([2, 2], [0, 0], [0, 0], [1, 1], 1);
+        let z = conv_transpose2d(t(&x, [1, 1, n, n]), wt.clone(), None, options);
+        let grads = ((y * t(&dy, [1, 1, n, n])).sum() + (z * t(&dz, [1, 1, m, m])).sum()).backward();
+        let g = |p: &Tensor<4>| p.grad(&grads).map(|g| to_f32(g)).unwrap_or_default();
+        (g(&w), g(&wt))
+    };
+    let ((a_conv, a_up), (b_conv, b_up)) = (run(&Device::flex()), run(gpu));
+    let (d_conv, d_up) = (rel_diff(&b_conv, &a_conv), rel_diff(&b_up, &a_up));
+    let ok = d_conv <= 1e-3 && d_up <= 1e-3 && !a_conv.is_empty() && !a_up.is_empty();
+    let detail = format!(
+        "weight gradients over {n}x{n} (conv 3x3) and {m}x{m} (transposed 2x2/2): {d_conv:.2e} and {d_up:.2e} \
+         relative (limit 1e-3){}",
+        if ok { "" } else { "; a driver that ends long loops early (docs/GPU.md, section 3)" }
+    );
+    out(result(LONG_LOOPS, ok, detail, t0));
+}
+
+/// Forward and (with `gradients`) gradient checks for one model case.
 /// Each result goes to `out` as soon as its check ends, so that a check that hangs on a driver
 /// does not hide the ones before it.
-fn check_model(name: &str, cfg: &ModelConfig, size: usize, gpu: &Device, out: &mut dyn FnMut(CheckResult)) {
+fn check_model(
+    name: &str,
+    cfg: &ModelConfig,
+    size: usize,
+    gpu: &Device,
+    gradients: bool,
+    out: &mut dyn FnMut(CheckResult),
+) {
     let t0 = Instant::now();
     let cpu = Device::flex().autodiff();
     let gpu = gpu.clone().autodiff();
@@ -137,13 +223,19 @@ fn check_model(name: &str, cfg: &ModelConfig, size: usize, gpu: &Device, out: &m
         let wt = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [3]), d);
         let logits = m.forward(x);
         let loss = cross_entropy(logits.clone(), y, 255, Some(&wt), Reduction::Mean);
-        let grads = loss.backward();
-        (to_f32(logits.inner()), to_f32(loss.inner()), params::gradients(m, &grads))
+        let grads = if gradients { params::gradients(m, &loss.backward()) } else { Vec::new() };
+        (to_f32(logits.inner()), to_f32(loss.inner()), grads)
     };
     let (l_cpu, loss_cpu, g_cpu) = run(&m_cpu, &cpu);
-    let (l_gpu, loss_gpu, g_gpu) = run(&m_gpu, &gpu);
+    let (l_gpu, loss_gpu, mut g_gpu) = run(&m_gpu, &gpu);
     let fwd = rel_diff(&l_gpu, &l_cpu);
     out(result(&format!("forward/{name}"), fwd <= 1e-4, format!("logits: {fwd:.2e} relative (limit 1e-4)"), t0));
+    if !gradients {
+        return;
+    }
+    if crate::fault::wrong_gpu_gradient() {
+        corrupt_first_gradient(&mut g_gpu);
+    }
 
     let t1 = Instant::now();
     let dl = rel_diff(&loss_gpu, &loss_cpu);
@@ -176,6 +268,18 @@ fn check_model(name: &str, cfg: &ModelConfig, size: usize, gpu: &Device, out: &m
         detail.push_str(&format!("; no GPU gradient for {}", missing.join(", ")));
     }
     out(result(&format!("gradients/{name}"), ok, detail, t1));
+}
+
+/// `SEGKIT_FAULT=wrong-gpu-gradient`: the GPU side's first non-zero gradient made wrong (its
+/// sign flipped and its scale added), as a driver with a wrong kernel would, so that the tests
+/// can prove that a wrong adapter is refused without needing a wrong driver.
+fn corrupt_first_gradient(grads: &mut [(String, Vec<f32>)]) {
+    if let Some((_, g)) = grads.iter_mut().find(|(_, g)| g.iter().any(|v| *v != 0.0)) {
+        let scale = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for v in g.iter_mut() {
+            *v = scale - *v;
+        }
+    }
 }
 
 fn result(name: &str, passed: bool, detail: String, t0: Instant) -> CheckResult {
@@ -390,8 +494,12 @@ fn run_checks(
     let (gpu, _) = device::select(gpu_name)?;
     std::fs::create_dir_all(scratch).map_err(|e| TrainError::io(scratch, e))?;
     let mut out = Vec::new();
+    check_long_loops(&gpu, &mut |r| {
+        report(&r);
+        out.push(r);
+    });
     for (name, cfg, size) in model_cases() {
-        check_model(name, &cfg, size, &gpu, &mut |r| {
+        check_model(name, &cfg, size, &gpu, true, &mut |r| {
             report(&r);
             out.push(r);
         });
@@ -411,12 +519,14 @@ mod tests {
         let scratch = std::env::temp_dir().join(format!("segkit-selftest-unit-{}", std::process::id()));
         let results = run_checks("cpu", &scratch, &mut |r| eprintln!("{} {}: {}", r.passed, r.name, r.detail)).unwrap();
         let _ = std::fs::remove_dir_all(&scratch);
-        assert_eq!(results.len(), 2 * model_cases().len() + 5, "{results:#?}");
+        assert_eq!(results.len(), check_count(), "{results:#?}");
         for r in &results {
             assert!(r.passed, "{r:#?}");
         }
         let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
-        for want in ["forward/fcn8s-atonce", "gradients/unet-padded-bn", "train/adam", "resume/cpu->gpu", "predict"] {
+        for want in
+            [LONG_LOOPS, "forward/fcn8s-atonce", "gradients/unet-padded-bn", "train/adam", "resume/cpu->gpu", "predict"]
+        {
             assert!(names.contains(&want), "{names:?}");
         }
     }

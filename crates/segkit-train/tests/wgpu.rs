@@ -8,7 +8,8 @@
 //!
 //! Each API runs in a child process because a driver that crashes while compiling a kernel takes
 //! its process down (SIGSEGV), and that must not take the whole test binary with it:
-//! - a check that fails (wrong values, an error) fails the test, always;
+//! - a check that fails (wrong values, an error) fails the test on the drivers the suite installs,
+//!   and under `CI=true` on any (see below for the others);
 //! - no adapter or a driver crash: with `CI=true` (or `SEGKIT_GPU_TESTS=require`) a failure, so
 //!   that CI cannot go green without a working driver; elsewhere a loud skip that says why and
 //!   how to install the driver;
@@ -16,14 +17,21 @@
 //!   checks take about a minute each on 2 cores with cold caches): a failure under `CI=true` or
 //!   `SEGKIT_GPU_TESTS=require`, elsewhere a loud report of the checks that passed so far.
 //!
+//! - wrong values on an adapter this suite did not install (a newcomer's own GPU, or Debian 12's
+//!   own Mesa 22.3 OpenGL, which wgpu falls back to where there is no Vulkan): outside CI a loud
+//!   report naming the adapter and the failing checks, not a test failure, because segkit is right
+//!   there: its adapter check runs these same checks and refuses to train on that adapter
+//!   (`tests/adapter_check.rs` in the CLI tests that refusal). The suite's own drivers
+//!   (`installed_by_the_suite`: Mesa 24 or later, which `scripts/install-vulkan-cpu.sh` installs)
+//!   must pass everywhere, and under `CI=true` every adapter must.
+//!
 //! Autotune and fusion are as in the shipped binary: `device::select` switches autotune to its
 //! first-candidate mode on a software adapter, exactly as it does for `segkit train`.
 //!
-//! `--device opengl` (WGSL through naga's GLSL backend) is tested only on request
-//! (`cargo test --release -- --ignored gpu_path_on_opengl`): Mesa 25.0's llvmpipe crashes in its
-//! GLSL compiler on one of Burn's autotune candidates after minutes of compiling (docs/GPU.md).
+//! - `opengl`: WGSL translated to GLSL by naga, on Mesa's llvmpipe (`--device opengl`, and what
+//!   `wgpu` falls back to where there is no Vulkan driver).
 
-use segkit_train::device::{Api, adapter_for, works};
+use segkit_train::device::{AdapterInfo, Api, adapter_for, works};
 use segkit_train::selftest;
 
 /// How long one API's checks may take before they count as hung (about a minute each on 2 cores
@@ -31,6 +39,13 @@ use segkit_train::selftest;
 fn time_limit() -> std::time::Duration {
     let s = std::env::var("SEGKIT_GPU_TEST_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     std::time::Duration::from_secs(s)
+}
+
+/// Whether `a` is one of the drivers `scripts/install-vulkan-cpu.sh` installs: Mesa's software
+/// adapters (lavapipe, llvmpipe) from Mesa 24 or later. A wrong value on one of them is segkit's
+/// to fix; on another adapter, the adapter's (segkit refuses it).
+fn installed_by_the_suite(a: &AdapterInfo) -> bool {
+    a.is_software() && a.mesa_major().is_some_and(|m| m >= 24)
 }
 
 /// Straight to stderr, past the test harness's capture: a skipped GPU test must be seen in CI's
@@ -79,7 +94,9 @@ fn child(api: &str) {
     let text = format!("{}{}", String::from_utf8_lossy(&out.0), String::from_utf8_lossy(&out.1));
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let require = ci || std::env::var("SEGKIT_GPU_TESTS").is_ok_and(|v| v == "require");
-    let driver = Api::of(api).and_then(adapter_for).map_or("no adapter".to_string(), |a| a.describe());
+    let adapter = Api::of(api).and_then(adapter_for);
+    let ours = adapter.as_ref().is_some_and(installed_by_the_suite);
+    let driver = adapter.as_ref().map_or("no adapter".to_string(), |a| a.describe());
     // Not run is a failure where the GPU path must be tested, else a skip that says why.
     let not_run = |why: String| {
         assert!(!require, "{why} (CI=true or SEGKIT_GPU_TESTS=require: the GPU tests must run)");
@@ -94,7 +111,8 @@ fn child(api: &str) {
             time_limit()
         );
         assert!(!require, "{why}");
-        assert!(!text.contains("FAIL "), "{why}");
+        // Wrong values before the limit fail the test on the suite's own drivers (see above).
+        assert!(!ours || !text.contains("FAIL "), "{why}");
         say(&format!("GPU tests on {api} did not finish: {why}"));
         return;
     };
@@ -103,6 +121,19 @@ fn child(api: &str) {
             "no {api} adapter; run scripts/install-vulkan-cpu.sh (Mesa's lavapipe and llvmpipe) to run the GPU tests"
         )),
         Some(0) => say(&format!("{api} GPU tests passed on {driver}:\n{text}")),
+        // Wrong values on a driver the suite did not install: the adapter's failure, which segkit
+        // handles by refusing to train on it. Reported, not failed, outside CI.
+        Some(_) if !require && !ours && text.contains("FAIL ") => {
+            let failed: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL ")).collect();
+            say(&format!(
+                "WARNING: the {api} checks find wrong values on {driver}, an adapter this test suite did not \
+                 install:\n{}\nsegkit refuses to train on this adapter (its device check runs these checks first; \
+                 `segkit selftest --device {api}` shows them all; docs/GPU.md lists the drivers known to fail). \
+                 Not counted as a test failure outside CI; scripts/install-vulkan-cpu.sh installs the drivers the \
+                 suite tests.",
+                failed.join("\n")
+            ));
+        }
         Some(code) => panic!("the {api} GPU tests failed (exit {code}) on {driver}:\n{text}"),
         None => not_run(format!(
             "the {api} driver ({driver}) crashed (killed by a signal; docs/GPU.md lists the known driver \
@@ -121,8 +152,10 @@ fn gpu_path_on_wgpu_wgsl() {
     child("wgpu");
 }
 
+/// WGSL translated to GLSL, on Mesa's llvmpipe (OpenGL): 17 of 17 checks pass with Mesa 25.0.7
+/// from cold caches in about 40 s on 2 cores; Debian 12's own Mesa 22.3 fails the long-loop and
+/// FCN gradient checks (docs/GPU.md, section 3), which outside CI is reported, not failed.
 #[test]
-#[ignore = "llvmpipe's GLSL compiler crashes on a Burn kernel (docs/GPU.md); run on request"]
 fn gpu_path_on_opengl() {
     child("opengl");
 }
@@ -146,7 +179,23 @@ fn gpu_checks_in_child() {
     let failed: Vec<_> = results.iter().filter(|r| !r.passed).map(|r| r.name.as_str()).collect();
     assert!(failed.is_empty(), "failed checks: {failed:?}");
     // Every model kind and every training check ran.
-    assert_eq!(results.len(), 2 * selftest::model_cases().len() + 5, "{results:?}");
+    assert_eq!(results.len(), selftest::check_count(), "{results:?}");
+}
+
+/// Which adapters count as the suite's own: Mesa 24 or later's software drivers only.
+#[test]
+fn the_suites_own_adapters_are_recent_mesa_software_drivers() {
+    let check = |name: &str, kind: &'static str, api: &'static str, driver: &str, info: &str, want: bool| {
+        let a = AdapterInfo { api, name: name.into(), kind, driver: driver.into(), driver_info: info.into() };
+        assert_eq!(installed_by_the_suite(&a), want, "{}", a.describe());
+    };
+    check("llvmpipe (LLVM 15.0.6, 256 bits)", "CPU", "Vulkan", "llvmpipe", "Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)", true);
+    check("llvmpipe (LLVM 15.0.6, 256 bits)", "CPU", "OpenGL", "", "4.5 (Core Profile) Mesa 25.0.7-2~bpo12+1", true);
+    check("llvmpipe (LLVM 15.0.6, 256 bits)", "CPU", "OpenGL", "", "4.5 (Core Profile) Mesa 22.3.6", false);
+    check("NVIDIA H100", "discrete GPU", "Vulkan", "NVIDIA", "580.95", false);
+    check("AMD Radeon RX 7900 XT (RADV NAVI31)", "discrete GPU", "Vulkan", "radv", "Mesa 25.0.7", false);
+    check("llvmpipe (LLVM 18.1.3, 256 bits)", "CPU", "Vulkan", "llvmpipe", "Mesa 24.2.8-1ubuntu1~24.04.1", true);
+    assert_eq!(segkit_train::device::mesa_major_in("no version here"), None);
 }
 
 /// The comparisons themselves: a relative difference the GPU tests would accept, and ones they

@@ -29,6 +29,10 @@ pub struct Args {
     base_width: usize,
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Use the GPU without checking it against the CPU first, even if it failed the check
+    /// before: at your own risk, its results may be wrong.
+    #[arg(long)]
+    trust_device: bool,
     /// Timed steps.
     #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     steps: usize,
@@ -69,7 +73,7 @@ pub fn run(a: Args) -> Result<i32> {
     segkit_models::cpu_winograd::set_enabled(!a.no_winograd);
     if let Some(c) = a.conv {
         let (h, _) = parse_size(&a.size)?;
-        let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
+        let (dev, desc) = device::select(&crate::device::vet(&a.device, &crate::device::Use::none(a.trust_device))?)?;
         let p = bench::conv_probe(&dev, a.batch, c, c, h, a.warmup, a.steps);
         println!("conv 3x3 {c}->{c} at {h}x{h}, batch {} on {desc}: {:.2} GFLOP per forward", a.batch, p.gflop);
         println!("conv forward            {:8.1} ms  {:6.1} GFLOP/s", p.conv_forward_ms, p.conv_forward_gflops);
@@ -110,7 +114,11 @@ pub fn run(a: Args) -> Result<i32> {
     cfg.base_width = a.base_width;
     cfg.fc_width = 4096 * a.base_width / 64;
     let size = parse_size(&a.size)?;
-    let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
+    let usage = match mode {
+        Mode::Train => crate::device::Use::train([kind], a.trust_device),
+        Mode::Infer => crate::device::Use::infer([kind], a.trust_device),
+    };
+    let (dev, desc) = device::select(&crate::device::vet(&a.device, &usage)?)?;
     let bar = progress::bar((a.warmup + a.steps) as u64, "bench");
     let r = bench::run(&cfg, size, a.batch, mode, a.warmup, a.steps, &dev, &desc, |d, _| bar.set_position(d as u64))?;
     bar.finish_and_clear();

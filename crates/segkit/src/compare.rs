@@ -45,12 +45,25 @@ pub struct Args {
     bn_recalibrate: usize,
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Use the GPU without checking it against the CPU first, even if it failed the check
+    /// before: at your own risk, its results may be wrong.
+    #[arg(long)]
+    trust_device: bool,
 }
 
 pub fn run(a: Args) -> Result<i32> {
     let mut runs = a.runs.clone();
     // Probed once for training and evaluation alike.
-    let device_name = crate::device::vet(&a.device)?;
+    // The checks of every model kind involved: training checks for the configs to train (read
+    // again below, where a bad one is reported with its file), forward checks for the given runs.
+    let given = runs.iter().filter_map(|r| segkit_train::model_file::model_kind_of(r));
+    let usage = if a.train.is_empty() {
+        crate::device::Use::infer(given, a.trust_device)
+    } else {
+        let trained = a.train.iter().filter_map(|p| RunConfig::load(p, &a.set).ok()).map(|c| c.model.model);
+        crate::device::Use::train(trained.chain(given), a.trust_device)
+    };
+    let device_name = crate::device::vet(&a.device, &usage)?;
     if !a.train.is_empty() {
         let stop = ctrl_c()?;
         // Where each trained config's run went, so that a later config's `init_from` naming

@@ -21,6 +21,10 @@ pub struct Args {
     split: String,
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Use the GPU without checking it against the CPU first, even if it failed the check
+    /// before: at your own risk, its results may be wrong.
+    #[arg(long)]
+    trust_device: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -36,7 +40,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let (device, desc) = device::select(&crate::device::vet(&a.device)?)?;
+    // The forward checks of the run's model kind (every kind when its header does not say);
+    // batch-norm recalibration runs forward passes too.
+    let usage = crate::device::Use::infer(segkit_train::model_file::model_kind_of(&a.run), a.trust_device);
+    let (device, desc) = device::select(&crate::device::vet(&a.device, &usage)?)?;
     let loaded = load_run(&a.run, &device)?;
     let mut cfg = loaded.config.clone();
     if let Some(d) = &a.data {

@@ -54,7 +54,7 @@ enum Command {
     Selftest(selftest::Args),
     /// Internal: open a device in a child process (see device.rs).
     #[command(name = "__probe-device", hide = true)]
-    ProbeDevice { name: String },
+    ProbeDevice(device::ProbeArgs),
     /// Evaluate a run's checkpoint on a split: the four FCN metrics, Dice and per-class IoU.
     Eval(eval::Args),
 }
@@ -70,7 +70,7 @@ fn main() {
         Command::Train(a) => train::run(a),
         Command::Config(c) => config::run(c),
         Command::Eval(a) => eval::run(a),
-        Command::ProbeDevice { name } => device::probe_child(&name),
+        Command::ProbeDevice(a) => device::probe_child(a),
         Command::Bench(a) => bench::run(a),
         Command::Selftest(a) => selftest::run(a),
         Command::Compare(a) => compare::run(a),

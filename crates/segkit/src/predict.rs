@@ -20,6 +20,10 @@ pub struct Args {
     out: PathBuf,
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Use the GPU without checking it against the CPU first, even if it failed the check
+    /// before: at your own risk, its results may be wrong.
+    #[arg(long)]
+    trust_device: bool,
     /// Objects smaller than this many pixels are dropped.
     #[arg(long, default_value_t = 1)]
     min_area: usize,
@@ -67,7 +71,8 @@ fn collect(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let (dev, desc) = device::select(&crate::device::vet(&a.device)?)?;
+    let usage = crate::device::Use::infer(segkit_train::model_file::model_kind_of(&a.run), a.trust_device);
+    let (dev, desc) = device::select(&crate::device::vet(&a.device, &usage)?)?;
     let loaded = segkit_train::model_file::open_model(&a.run, &dev)?;
     for note in &loaded.notes {
         eprintln!("note: {note}");

@@ -33,11 +33,20 @@ pub fn run(a: Args) -> Result<i32> {
         let scratch = std::env::temp_dir().join(format!("segkit-selftest-{}", std::process::id()));
         let results = selftest::run(&a.device, &scratch, &mut |r| println!("{}", line(r)))?;
         let _ = std::fs::remove_dir_all(&scratch);
+        // The verdicts `train`, `eval` and the rest consult before they use this adapter,
+        // rewritten from these results (a failure too: the selftest is how a user checks again).
+        let adapter = segkit_train::device::Api::of(&a.device).and_then(segkit_train::device::adapter_for);
+        if let (Some(ad), Some(cache)) = (adapter, segkit_train::adapter_check::Cache::default_location()) {
+            let entries = segkit_train::adapter_check::entries_from_selftest(&a.device, &ad.describe(), &results);
+            if let Err(e) = cache.store(&entries) {
+                eprintln!("warning: the verdicts could not be remembered ({e}); later runs check the adapter again");
+            }
+        }
         return Ok(if results.iter().all(|r| r.passed) { 0 } else { 1 });
     }
     let name = match a.device.as_str() {
         "auto" => {
-            let chosen = crate::device::vet("auto")?;
+            let chosen = crate::device::vet("auto", &crate::device::Use::none(false))?;
             if chosen == "cpu" {
                 bail!("--device auto found no GPU to check; name one (--device wgpu, vulkan or opengl)");
             }

@@ -55,6 +55,10 @@ pub struct Args {
     /// are always allowed.
     #[arg(long, requires = "resume")]
     resume_anyway: bool,
+    /// Use the GPU without checking it against the CPU first, even if it failed the check
+    /// before: at your own risk, its results may be wrong.
+    #[arg(long)]
+    trust_device: bool,
 }
 
 pub struct Progress {
@@ -293,7 +297,8 @@ pub fn run(a: Args) -> Result<i32> {
         }
     };
     let mut cfg = cfg;
-    cfg.train.device = crate::device::vet(&cfg.train.device)?;
+    let usage = crate::device::Use::train([cfg.model.model], a.trust_device);
+    cfg.train.device = crate::device::vet(&cfg.train.device, &usage)?;
     let stop = ctrl_c()?;
     let mut obs = Progress::new();
     let outcome = train(cfg, TrainOptions { resume: a.resume.clone(), stop, resume_anyway: a.resume_anyway }, &mut obs);

@@ -78,6 +78,17 @@ pub fn checkpoint_path(run: &Path) -> Result<PathBuf, TrainError> {
     ))
 }
 
+/// The model kind a model file (or a run directory's checkpoint) holds, read from its header's
+/// config alone, without loading the weights: what the device check needs to know before the
+/// model is opened. `None` when the header does not say (a state dict, an unreadable file: the
+/// open that follows reports what is wrong).
+pub fn model_kind_of(path: &Path) -> Option<segkit_models::ModelKind> {
+    let file = checkpoint_path(path).ok()?;
+    let config = checkpoint::read_header_metadata(&file).ok()?.remove("config")?;
+    let v: toml::Value = toml::from_str(&config).ok()?;
+    segkit_models::ModelKind::parse(v.get("model")?.get("model")?.as_str()?)
+}
+
 /// Opens any model file (see the module docs) onto `device` (no autodiff).
 pub fn open_model(path: &Path, device: &Device) -> Result<Loaded, TrainError> {
     let file = checkpoint_path(path)?;
