@@ -97,23 +97,30 @@ def decisions_table(path):
     print("| key | chosen | its median | candidates (median or error) |")
     print("| --- | --- | --- | --- |")
     for d in decisions:
-        cands = []
+        cands, skipped = [], []
         chosen = "?"
         for r in d.get("results", []):
             o = r.get("outcome", {})
             ok = o.get("Ok") if isinstance(o, dict) else None
+            err = o.get("Err") if isinstance(o, dict) else None
             if ok:
                 med = ok.get("computation", {}).get("median")
                 med_ms = med.get("secs", 0) * 1e3 + med.get("nanos", 0) / 1e6 if isinstance(med, dict) else None
                 cands.append(f"{ok.get('name', '?')} {med_ms:.3f} ms" if med_ms is not None else ok.get("name", "?"))
                 if ok.get("index") == d.get("fastest_index"):
                     chosen = ok.get("name", "?")
+            elif isinstance(err, dict) and isinstance(err.get("Skip"), dict):
+                # Not timed: declined the shape, or (first-candidate mode on software adapters)
+                # never tried once an earlier candidate ran.
+                skipped.append(err["Skip"].get("name", "?"))
             else:
-                cands.append(f"error: {short(json.dumps(o), 60)}")
+                cands.append(f"error: {short(json.dumps(err if err is not None else o), 80)}")
+        if skipped:
+            cands.append("not timed: " + ", ".join(skipped))
         ft = d.get("fastest_time", {})
         ft_ms = ft.get("secs", 0) * 1e3 + ft.get("nanos", 0) / 1e6 if isinstance(ft, dict) else float("nan")
-        key = short(json.dumps(d.get("key"), separators=(",", ":")), 90)
-        print(f"| `{key}` | {chosen} | {ft_ms:.3f} ms | {'; '.join(cands)[:300]} |")
+        key = short(json.dumps(d.get("key"), separators=(",", ":")), 240)
+        print(f"| `{key}` | {chosen} | {ft_ms:.3f} ms | {'; '.join(cands)[:400]} |")
     print()
 
 

@@ -170,6 +170,9 @@ fn gpu_checks_in_child() {
         return;
     };
     assert!(works(&device));
+    // libtest has printed "test gpu_checks_in_child ... " without a newline: each result must
+    // start its own line, for the parent to pick out the FAIL lines.
+    println!();
     let scratch = std::env::temp_dir().join(format!("segkit-gpu-test-{api}-{}", std::process::id()));
     let results = selftest::run(&api, &scratch, &mut |r| {
         println!("{} {} {:.1}s {}", if r.passed { "PASS" } else { "FAIL" }, r.name, r.seconds, r.detail)
