@@ -63,6 +63,13 @@ pub struct Key {
     pub kind: String,
 }
 
+impl Key {
+    /// The key for this segkit build ([`segkit_build`]).
+    pub fn new(device: &str, adapter: &str, kind: ModelKind) -> Key {
+        Key { device: device.into(), adapter: adapter.into(), segkit: segkit_build(), kind: kind.name().into() }
+    }
+}
+
 /// One check as remembered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredCheck {
@@ -172,6 +179,9 @@ pub enum Progress<'a> {
     Checking { kind: ModelKind, checks: &'a [String] },
     /// One check ended.
     Result(&'a CheckResult),
+    /// The verdict could not be written to the cache (the message names the file); the checks
+    /// stand, and the next run checks again.
+    NotKept(String),
 }
 
 /// The verdict for one model kind.
@@ -207,16 +217,10 @@ pub fn check(
     purpose: Purpose,
     cache: Option<&Cache>,
     report: &mut dyn FnMut(Progress<'_>),
-) -> Result<Vec<KindVerdict>, TrainError> {
-    let segkit = segkit_build();
+) -> Vec<KindVerdict> {
     let mut verdicts = Vec::new();
     for &kind in kinds {
-        let key = Key {
-            device: device_name.into(),
-            adapter: adapter.into(),
-            segkit: segkit.clone(),
-            kind: kind.name().into(),
-        };
+        let key = Key::new(device_name, adapter, kind);
         let names = selftest::check_names(kind, purpose.gradients());
         if let Some(entry) = cache.and_then(|c| c.lookup(&key)).filter(|e| e.covers(&names)) {
             report(Progress::Cached { kind, entry: &entry });
@@ -233,8 +237,9 @@ pub fn check(
         });
         let checks: Vec<StoredCheck> = results.iter().map(stored).collect();
         let entry = Entry { key, checks: checks.clone(), checked_at: now() };
-        if let Some(c) = cache {
-            c.store(std::slice::from_ref(&entry))?;
+        // A cache only saves time: a folder that cannot be written never stops the run.
+        if let Some(Err(e)) = cache.map(|c| c.store(std::slice::from_ref(&entry))) {
+            report(Progress::NotKept(e.to_string()));
         }
         verdicts.push(KindVerdict {
             kind,
@@ -244,7 +249,7 @@ pub fn check(
             seconds: t0.elapsed().as_secs_f64(),
         });
     }
-    Ok(verdicts)
+    verdicts
 }
 
 fn stored(r: &CheckResult) -> StoredCheck {
@@ -254,23 +259,13 @@ fn stored(r: &CheckResult) -> StoredCheck {
 /// The verdicts a full selftest run gives, one per model kind whose checks all ran: what
 /// `segkit selftest` stores, replacing whatever was remembered for those keys.
 pub fn entries_from_selftest(device_name: &str, adapter: &str, results: &[CheckResult]) -> Vec<Entry> {
-    let segkit = segkit_build();
     let at = now();
     ModelKind::ALL
         .into_iter()
         .filter_map(|kind| {
             let names = selftest::check_names(kind, true);
             let checks: Vec<StoredCheck> = results.iter().filter(|r| names.contains(&r.name)).map(stored).collect();
-            let entry = Entry {
-                key: Key {
-                    device: device_name.into(),
-                    adapter: adapter.into(),
-                    segkit: segkit.clone(),
-                    kind: kind.name().into(),
-                },
-                checks,
-                checked_at: at,
-            };
+            let entry = Entry { key: Key::new(device_name, adapter, kind), checks, checked_at: at };
             entry.covers(&names).then_some(entry)
         })
         .collect()
@@ -287,7 +282,7 @@ mod tests {
     }
 
     fn key(adapter: &str, kind: &str) -> Key {
-        Key { device: "vulkan".into(), adapter: adapter.into(), segkit: segkit_build(), kind: kind.into() }
+        Key::new("vulkan", adapter, ModelKind::parse(kind).expect("a model kind"))
     }
 
     fn entry(key: Key, passed: bool, at: u64) -> Entry {
@@ -329,6 +324,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A cache folder that cannot be written is reported, not an error: the checks still answer.
+    #[test]
+    fn an_unwritable_cache_is_reported_and_the_checks_still_answer() {
+        let dir = scratch("unwritable");
+        std::fs::create_dir_all(&dir).unwrap();
+        // A file where the cache folder should be: nothing can be created under it.
+        let blocker = dir.join("not-a-folder");
+        std::fs::write(&blocker, b"").unwrap();
+        let cache = Cache::in_dir(&blocker);
+        let mut not_kept = Vec::new();
+        let v = check("cpu", &Device::flex(), "the CPU", &[ModelKind::Unet], Purpose::Infer, Some(&cache), &mut |p| {
+            if let Progress::NotKept(m) = p {
+                not_kept.push(m)
+            }
+        });
+        assert!(v[0].passed() && !v[0].cached, "{v:?}");
+        assert_eq!(not_kept.len(), 1, "{not_kept:?}");
+        assert!(not_kept[0].contains("not-a-folder"), "the message names the path: {not_kept:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The newest verdicts are kept when there are too many.
     #[test]
     fn the_cache_keeps_the_newest_verdicts() {
@@ -357,7 +373,6 @@ mod tests {
                     ran.push(r.name.clone())
                 }
             })
-            .unwrap()
         };
         let mut ran = Vec::new();
         let v = run(Purpose::Infer, &mut ran);

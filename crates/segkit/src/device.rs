@@ -11,7 +11,8 @@
 //!
 //! The child reports on stdout, one finding a line, for `vet` to read as they come:
 //! `DEVICE desc`, `ADAPTER describe`, `CACHED kind pass|fail checked_at`, `CHECKING kind n`,
-//! `PASS|FAIL name seconds detail`, `VERDICT kind pass|fail seconds`. Exit 0: usable;
+//! `PASS|FAIL name seconds detail`, `VERDICT kind pass|fail seconds`, `NOTKEPT why` (the
+//! verdict could not be cached). Exit 0: usable;
 //! [`REFUSED`]: a check failed.
 
 use std::io::{BufRead, BufReader, Read};
@@ -120,44 +121,38 @@ pub fn probe_child(a: ProbeArgs) -> Result<i32> {
     let cache = Cache::default_location();
     if a.trust {
         // Nothing runs, but a remembered failure is worth saying.
-        let segkit = adapter_check::segkit_build();
-        for k in &kinds {
-            let key = adapter_check::Key {
-                device: key_name.clone(),
-                adapter: adapter.clone(),
-                segkit: segkit.clone(),
-                kind: k.name().into(),
-            };
+        for &k in &kinds {
+            let key = adapter_check::Key::new(&key_name, &adapter, k);
             if let Some(e) = cache.as_ref().and_then(|c| c.lookup(&key)) {
-                let passed = e.checks.iter().all(|c| c.passed);
-                println!("CACHED {k} {} {}", if passed { "pass" } else { "fail" }, e.checked_at);
-                for c in e.checks.iter().filter(|c| !c.passed) {
-                    println!("FAIL {} 0 {}", c.name, c.detail);
-                }
+                print_cached(k, &e);
             }
         }
         return Ok(0);
     }
     let verdicts =
         adapter_check::check(&key_name, &device, &adapter, &kinds, purpose, cache.as_ref(), &mut |p| match p {
-            Progress::Cached { kind, entry } => {
-                let passed = entry.checks.iter().all(|c| c.passed);
-                println!("CACHED {kind} {} {}", if passed { "pass" } else { "fail" }, entry.checked_at);
-                for c in entry.checks.iter().filter(|c| !c.passed) {
-                    println!("FAIL {} 0 {}", c.name, c.detail);
-                }
-            }
+            Progress::Cached { kind, entry } => print_cached(kind, entry),
+            Progress::NotKept(why) => println!("NOTKEPT {why}"),
             Progress::Checking { kind, checks } => println!("CHECKING {kind} {}", checks.len()),
             Progress::Result(r) => {
                 println!("{} {} {:.1} {}", if r.passed { "PASS" } else { "FAIL" }, r.name, r.seconds, r.detail)
             }
-        })?;
+        });
     for v in &verdicts {
         if !v.cached {
             println!("VERDICT {} {} {:.1}", v.kind, if v.passed() { "pass" } else { "fail" }, v.seconds);
         }
     }
     Ok(if verdicts.iter().all(|v| v.passed()) { 0 } else { REFUSED })
+}
+
+/// A remembered verdict as the probe reports it: the `CACHED` line and its failed checks.
+fn print_cached(kind: ModelKind, e: &adapter_check::Entry) {
+    let passed = e.checks.iter().all(|c| c.passed);
+    println!("CACHED {kind} {} {}", if passed { "pass" } else { "fail" }, e.checked_at);
+    for c in e.checks.iter().filter(|c| !c.passed) {
+        println!("FAIL {} 0 {}", c.name, c.detail);
+    }
 }
 
 /// What the probe child reported.
@@ -245,6 +240,9 @@ pub fn vet(name: &str, usage: &Use) -> Result<String> {
     let started = std::time::Instant::now();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line.context("reading the device probe")?;
+        if let Some(why) = line.strip_prefix("NOTKEPT ") {
+            eprintln!("warning: the device check's verdict could not be kept ({why}); the next run checks again");
+        }
         if let Some(rest) = line.strip_prefix("CHECKING ") {
             let kind = rest.split_whitespace().next().unwrap_or("?");
             let cache = Cache::default_location()
