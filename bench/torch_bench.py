@@ -171,12 +171,18 @@ def main():
     p.add_argument("--mode", default="train", choices=["train", "infer"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--amp", action="store_true", help="fp16 autocast with a GradScaler (PyTorch AMP, what segkit's f16-mixed mirrors)")
+    p.add_argument("--tf32", action="store_true", help="TF32 for matmuls and cuDNN convolutions (Ampere and later)")
     p.add_argument("--gflop", type=float, help="forward GFLOP of one image (from `segkit summary --json`)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     h, w = (int(v) for v in a.size.lower().split("x")) if "x" in a.size.lower() else (int(a.size),) * 2
+    # PyTorch's defaults: TF32 off for matmuls, on for cuDNN convolutions; --tf32 turns both on,
+    # and without it both are off, so that "fp32" means fp32 products.
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
     if a.conv:
         return conv_probe(a, h)
     unet = a.model == "unet"
@@ -196,7 +202,12 @@ def main():
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
-    ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.bf16 else (lambda: torch.autocast(dev.type, enabled=False))
+    if a.bf16 or a.amp:
+        half = torch.bfloat16 if a.bf16 else torch.float16
+        ctx = lambda: torch.autocast(dev.type, dtype=half)
+    else:
+        ctx = lambda: torch.autocast(dev.type, enabled=False)
+    scaler = torch.amp.GradScaler(dev.type, enabled=a.amp)
     if a.mode == "infer":
         model.eval()
     for i in range(a.warmup + a.steps):
@@ -207,8 +218,9 @@ def main():
                 out = model(x)
                 loss = F.cross_entropy(out.float(), y, ignore_index=255)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         else:
             with torch.no_grad(), ctx():
                 model(x).argmax(1).cpu()
@@ -225,7 +237,7 @@ def main():
     r = {
         "impl": "pytorch " + torch.__version__, "model": a.model, "mode": a.mode, "device": str(dev),
         "threads": torch.get_num_threads(), "batch": a.batch, "height": h, "width": w, "classes": classes,
-        "parameters": params, "channels_last": a.channels_last, "bf16": a.bf16, "steps": a.steps,
+        "parameters": params, "channels_last": a.channels_last, "bf16": a.bf16, "amp": a.amp, "tf32": a.tf32, "steps": a.steps,
         "warmup": a.warmup, "step_ms": times, "ms_per_step": ms, "images_per_s": a.batch / (ms / 1e3),
         "tflops": tflops, "peak_memory_mb": peak, "memory_source": source,
         # ATen's vector kernels (ATEN_CPU_CAPABILITY caps them); oneDNN's convolutions follow

@@ -46,11 +46,11 @@
 //! compares both on random data, shapes chosen to hit every tiling, banding and padding branch
 //! and both weight-gradient paths).
 
+use crate::conv::stride1_padding;
 use crate::cpu_winograd;
 use burn::backend::ops::{ActivationOps, ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DispatchDevice, Flex, TensorMetadata, backend_extension};
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::DType;
 use burn::tensor::{Shape, Slice, Tensor};
@@ -688,18 +688,6 @@ impl<B: Backend + CpuConv + DirectWeightGrad, C: CheckpointStrategy> CpuConv for
     }
 }
 
-/// The stride-1 padding of `conv` when it qualifies for [`CpuConv`] (see the module docs).
-fn stride1_padding(conv: &Conv2d) -> Option<[usize; 2]> {
-    if conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 || conv.bias.is_none() {
-        return None;
-    }
-    match conv.padding {
-        PaddingConfig2d::Valid => Some([0, 0]),
-        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => Some([top, left]),
-        _ => None,
-    }
-}
-
 /// Process-wide switch for segkit's CPU kernels (these convolutions and `cpu_pool`'s max
 /// pooling), on by default; `segkit bench --burn-conv` turns it off to measure Burn's own path
 /// against this one in the same binary.
@@ -782,6 +770,7 @@ fn stride1_relu(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, [ph, pw]: [usi
 mod tests {
     use super::*;
     use burn::module::Module;
+    use burn::nn::PaddingConfig2d;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::Device;
     use burn::tensor::activation::relu;

@@ -22,7 +22,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::cpu_conv::conv2d;
+use crate::conv::{conv_transpose2d, conv2d};
 use crate::geometry::CoordMap;
 use crate::layers::{bilinear_up, conv_zero, crop};
 use crate::trace::{Shape3, Tracer};
@@ -150,7 +150,7 @@ impl Fcn {
         let at_once = self.variant == FcnVariant::Fcn8sAtOnce;
         if let (Some(up2), Some(score_pool4), Some(off)) = (&self.upscore2, &self.score_pool4, self.offsets.score_pool4)
         {
-            let upscore2 = up2.forward(score); // 1/16
+            let upscore2 = conv_transpose2d(up2, score); // 1/16
             let [_, _, uh, uw] = upscore2.dims();
             let pool4 = if at_once { taps.pool4.mul_scalar(0.01) } else { taps.pool4 };
             let skip = crop(conv2d(score_pool4, pool4), off, off, uh, uw);
@@ -159,13 +159,13 @@ impl Fcn {
         if let (Some(up_p4), Some(score_pool3), Some(off)) =
             (&self.upscore_pool4, &self.score_pool3, self.offsets.score_pool3)
         {
-            let upscore_pool4 = up_p4.forward(score); // 1/8
+            let upscore_pool4 = conv_transpose2d(up_p4, score); // 1/8
             let [_, _, uh, uw] = upscore_pool4.dims();
             let pool3 = if at_once { taps.pool3.mul_scalar(0.0001) } else { taps.pool3 };
             let skip = crop(conv2d(score_pool3, pool3), off, off, uh, uw);
             score = upscore_pool4 + skip;
         }
-        let out = self.final_up().forward(score); // back to full resolution, plus a margin
+        let out = conv_transpose2d(self.final_up(), score); // back to full resolution, plus a margin
         let off = self.offsets.final_crop;
         crop(out, off, off, h, w) // H x W
     }

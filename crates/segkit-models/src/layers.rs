@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::relu;
 
-use crate::cpu_conv;
+use crate::{conv, cpu_conv};
 
 /// He (Kaiming) normal initialisation, `std = sqrt(2 / fan_in)`, as the U-Net paper prescribes
 /// and as PyTorch reference FCN/VGG code uses for layers trained from scratch.
@@ -28,18 +28,18 @@ pub fn conv(c_in: usize, c_out: usize, k: usize, pad: usize, device: &Device) ->
 
 /// A convolution, the optional batch norm after it, and ReLU: every trunk layer of both models.
 /// At inference on the CPU it is one kernel: the ReLU fused into the convolution's output loop
-/// ([`cpu_conv::conv2d_relu`]) and the batch norm's running statistics folded into the
+/// ([`conv::conv2d_relu`]; the GPU's GEMM path folds the same way) and the batch norm's running statistics folded into the
 /// convolution's weights and bias ([`BatchNorm2d::fold`]), so the layer's output is written once
 /// where batch norm (four elementwise passes on flex) and ReLU would write it five more times.
 /// Same values up to float rounding (tested); training (autodiff) runs the three as they are.
 pub fn conv_bn_relu(conv: &Conv2d, bn: Option<&BatchNorm2d>, x: Tensor<4>) -> Tensor<4> {
     match bn {
-        None => cpu_conv::conv2d_relu(conv, x),
-        Some(bn) if !x.device().is_autodiff() && cpu_conv::applies(conv, &x) => {
+        None => conv::conv2d_relu(conv, x),
+        Some(bn) if !x.device().is_autodiff() && (cpu_conv::applies(conv, &x) || conv::takes_gemm(conv, &x)) => {
             let (weight, bias) = bn.fold(conv);
-            cpu_conv::conv2d_relu_with(conv, weight, bias, x)
+            conv::conv2d_relu_with(conv, weight, bias, x)
         }
-        Some(bn) => relu(bn.forward(cpu_conv::conv2d(conv, x))),
+        Some(bn) => relu(bn.forward(conv::conv2d(conv, x))),
     }
 }
 
@@ -179,6 +179,12 @@ impl BatchNorm2d {
     /// Batch statistics (and a running-statistics update) on an autodiff device, the running
     /// statistics elsewhere: training runs on an autodiff device, evaluation on `model.valid()`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        // Mixed precision: normalise in f32 (statistics of f16 activations lose digits), return
+        // the activations' dtype.
+        let dtype = x.dtype();
+        if dtype != self.gamma.val().dtype() {
+            return conv::as_dtype(self.forward(x.cast(self.gamma.val().dtype())), dtype);
+        }
         let device = x.device();
         if !device.is_autodiff() {
             let mean = self.running_mean.value().to_device(&device);

@@ -4,11 +4,13 @@
 //! pass (an invalid input is an error value, never a panic inside Burn); layer and field names are
 //! the reference models' so that weights map by name.
 
+pub mod conv;
 pub mod cpu_conv;
 pub mod cpu_pool;
 pub mod cpu_winograd;
 pub mod fcn;
 pub mod geometry;
+pub mod gpu_conv;
 pub mod layers;
 pub mod trace;
 pub mod unet;

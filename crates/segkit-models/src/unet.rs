@@ -19,7 +19,7 @@ use burn::nn::pool::MaxPool2d;
 use burn::prelude::*;
 
 use crate::ModelError;
-use crate::cpu_conv::conv2d;
+use crate::conv::{conv_transpose2d, conv2d};
 use crate::cpu_pool::max_pool2d;
 use crate::layers::{BatchNorm2d, center_crop, conv, conv_bn_relu, max_pool, up_conv};
 use crate::trace::{Shape3, Tracer};
@@ -126,7 +126,7 @@ impl Unet {
         }
         x = self.bottom.forward(x);
         for ((upconv, block), skip) in self.upconv.iter().zip(&self.up).zip(skips.into_iter().rev()) {
-            let u = upconv.forward(x); // 2H
+            let u = conv_transpose2d(upconv, x); // 2H
             let [_, _, h, w] = u.dims();
             let skip = center_crop(skip, h, w);
             x = block.forward(Tensor::cat(vec![skip, u], 1)); // 2H - 4 (unpadded)

@@ -20,7 +20,7 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 
 use crate::ModelError;
-use crate::cpu_conv::conv2d_relu;
+use crate::conv::conv2d_relu;
 use crate::cpu_pool::max_pool2d;
 use crate::geometry::CoordMap;
 use crate::layers::{BatchNorm2d, conv, conv_bn_relu, max_pool};

@@ -61,12 +61,22 @@ pub struct Key {
     pub segkit: String,
     /// The model kind (`fcn8s`, `unet`, ...).
     pub kind: String,
+    /// The GPU convolution path (`--gpu-conv`: `gemm` or `burn`): different kernels, a different
+    /// verdict. Entries written before it existed have none and match no key.
+    #[serde(default)]
+    pub gpu_conv: String,
 }
 
 impl Key {
     /// The key for this segkit build ([`segkit_build`]).
     pub fn new(device: &str, adapter: &str, kind: ModelKind) -> Key {
-        Key { device: device.into(), adapter: adapter.into(), segkit: segkit_build(), kind: kind.name().into() }
+        Key {
+            device: device.into(),
+            adapter: adapter.into(),
+            segkit: segkit_build(),
+            kind: kind.name().into(),
+            gpu_conv: segkit_models::conv::gpu_conv().name().into(),
+        }
     }
 }
 
@@ -305,6 +315,7 @@ mod tests {
         check(key("llvmpipe, driver Mesa 22.3.6", "unet"));
         check(Key { device: "wgpu".into(), ..k.clone() });
         check(Key { segkit: "0.1.0 (another build)".into(), ..k.clone() });
+        check(Key { gpu_conv: "burn".into(), ..k.clone() });
         cache.store(&[entry(k.clone(), true, 2)]).unwrap();
         assert_eq!(cache.entries().len(), 1);
         assert!(cache.lookup(&k).unwrap().checks[0].passed);

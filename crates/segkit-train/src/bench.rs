@@ -7,11 +7,13 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::{DType, Distribution, TensorData};
+use segkit_models::conv::as_dtype;
 use segkit_models::{ModelConfig, SegModel};
 use serde::Serialize;
 
 use crate::TrainError;
+use crate::amp::Precision;
 use crate::loss::{Reduction, cross_entropy};
 use crate::optim::{OptimSettings, Optimizer, OptimizerKind};
 use crate::params::to_f32;
@@ -44,6 +46,13 @@ pub struct BenchResult {
     /// Process peak RSS on the CPU; device allocator reservation on a GPU (when reported).
     pub peak_memory_mb: f64,
     pub memory_source: String,
+    /// `f32` or `f16-mixed` (`train.precision`; a CPU device, or a GPU without f16 arithmetic,
+    /// runs f32).
+    pub precision: String,
+    /// How convolutions ran on a GPU (`--gpu-conv`); `cpu` on the CPU.
+    pub gpu_conv: String,
+    /// The largest im2col chunk the GEMM convolutions built, MiB (0 without them).
+    pub peak_im2col_mb: f64,
     /// Training: median milliseconds of forward + loss, backward, and optimiser update, each
     /// measured between device synchronisations (their sum can exceed `ms_per_step` a little).
     pub phase_ms: Option<[f64; 3]>,
@@ -76,6 +85,7 @@ pub fn run(
     (h, w): (usize, usize),
     batch: usize,
     mode: Mode,
+    precision: Precision,
     warmup: usize,
     steps: usize,
     device: &Device,
@@ -92,6 +102,12 @@ pub fn run(
     let x = Tensor::<4>::random([batch, cfg.in_channels, h, w], Distribution::Normal(0.0, 1.0), device);
     let labels: Vec<i64> = (0..batch * oh * ow).map(|i| ((i * 7919) % cfg.classes) as i64).collect();
     let y = Tensor::<3, Int>::from_data(TensorData::new(labels, [batch, oh, ow]), device);
+    let on_cpu = matches!(device.clone().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_));
+    // As the trainer does: the CPU keeps f32.
+    let precision = if on_cpu || !crate::device::computes_f16(device) { Precision::F32 } else { precision };
+    let dtype = precision.compute_dtype();
+    // A fixed loss scale: the multiply and the unscaling cost what the trainer's do.
+    let scale = (precision == Precision::F16Mixed).then_some(crate::amp::INITIAL_SCALE as f64);
     let mut times = Vec::with_capacity(steps);
     let mut phases: Vec<[f64; 3]> = Vec::new();
     match mode {
@@ -114,8 +130,7 @@ pub fn run(
                 progress(i, warmup + steps);
                 sync()?;
                 let t0 = Instant::now();
-                let loss = cross_entropy(model.forward(xa.clone()), ya.clone(), 255, None, Reduction::Mean);
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let grads = train_grads(&model, xa.clone(), ya.clone(), dtype, scale);
                 model = opt.step(1e-6, model, grads);
                 sync()?;
                 if i >= warmup {
@@ -126,10 +141,10 @@ pub fn run(
             for _ in 0..steps.min(3).max(1) {
                 sync()?;
                 let t0 = Instant::now();
-                let loss = cross_entropy(model.forward(xa.clone()), ya.clone(), 255, None, Reduction::Mean);
+                let loss = forward_loss(&model, xa.clone(), ya.clone(), dtype, scale);
                 let _ = to_f32(loss.clone().inner());
                 let t1 = Instant::now();
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let grads = unscaled(&model, GradientsParams::from_grads(loss.backward(), &model), scale);
                 sync()?;
                 let t2 = Instant::now();
                 model = opt.step(1e-6, model, grads);
@@ -146,7 +161,7 @@ pub fn run(
                 progress(i, warmup + steps);
                 device.sync().map_err(|e| TrainError::Device(e.to_string()))?;
                 let t0 = Instant::now();
-                let pred = model.forward(x.clone()).argmax(1);
+                let pred = model.forward(as_dtype(x.clone(), dtype)).argmax(1);
                 let _ = pred.into_data();
                 if i >= warmup {
                     times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -179,11 +194,36 @@ pub fn run(
         gflop_per_step: gflop,
         peak_memory_mb: peak,
         memory_source: source,
+        precision: precision.name().to_string(),
+        gpu_conv: if on_cpu { "cpu".into() } else { segkit_models::conv::gpu_conv().name().into() },
+        peak_im2col_mb: segkit_models::gpu_conv::peak_cols_bytes() as f64 / (1024.0 * 1024.0),
         phase_ms: (!phases.is_empty()).then(|| {
             let col = |k: usize| median(&phases.iter().map(|p| p[k]).collect::<Vec<_>>());
             [col(0), col(1), col(2)]
         }),
     })
+}
+
+/// The loss of one training batch as the trainer computes it in `dtype`, times the loss scale.
+fn forward_loss(model: &SegModel, x: Tensor<4>, y: Tensor<3, Int>, dtype: DType, scale: Option<f64>) -> Tensor<1> {
+    let logits = as_dtype(model.forward(as_dtype(x, dtype)), DType::F32);
+    let loss = cross_entropy(logits, y, 255, None, Reduction::Mean);
+    match scale {
+        Some(s) => loss.mul_scalar(s),
+        None => loss,
+    }
+}
+
+fn unscaled(model: &SegModel, grads: GradientsParams, scale: Option<f64>) -> GradientsParams {
+    match scale {
+        Some(s) => crate::params::scale_gradients(model, grads, 1.0 / s),
+        None => grads,
+    }
+}
+
+fn train_grads(model: &SegModel, x: Tensor<4>, y: Tensor<3, Int>, dtype: DType, scale: Option<f64>) -> GradientsParams {
+    let loss = forward_loss(model, x, y, dtype, scale);
+    unscaled(model, GradientsParams::from_grads(loss.backward(), model), scale)
 }
 
 /// One 3x3 convolution (padding 1) against the matrix product it amounts to, to tell the

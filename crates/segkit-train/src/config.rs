@@ -36,6 +36,10 @@ pub struct RunConfig {
 pub struct TrainConfig {
     /// auto | cpu | wgpu | vulkan
     pub device: String,
+    /// f32, or f16-mixed on a GPU: f16 activations and weights in the forward and backward
+    /// passes (tensor cores), f32 master weights, optimiser state, loss and batch-norm statistics,
+    /// dynamic loss scaling (docs/GPU.md). The CPU trains in f32 either way.
+    pub precision: crate::amp::Precision,
     /// Passes over the training split.
     pub epochs: usize,
     /// Stop after this many optimiser steps (0: run all epochs).

@@ -46,6 +46,30 @@ pub fn works(device: &Device) -> bool {
     ok
 }
 
+/// Whether `device` computes in f16: Burn says it supports the dtype and a tiny f16 computation
+/// compiles and runs. Burn's answer alone is not enough: on OpenGL it says yes, and then WGSL
+/// with `enable f16` fails to compile there ("the `f16` extension is not supported in the
+/// current environment", wgpu's GL backend). The probe's failure is caught like [`works`]'s.
+pub fn computes_f16(device: &Device) -> bool {
+    use burn::tensor::DType;
+    if matches!(device.clone().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_)) {
+        return false;
+    }
+    if !device.supports_dtype(DType::F16) {
+        return false;
+    }
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let d = device.clone();
+    let ok = std::panic::catch_unwind(move || {
+        let t = Tensor::<1>::from_floats([1.5, 2.0], &d).cast(DType::F16);
+        (t.clone() * t).cast(DType::F32).sum().into_scalar::<f32>() == 6.25
+    })
+    .unwrap_or(false);
+    std::panic::set_hook(hook);
+    ok
+}
+
 fn cpu() -> (Device, String) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let isa = segkit_models::cpu_conv::kernel_isa();
@@ -85,6 +109,11 @@ pub fn select(name: &str) -> Result<(Device, String), TrainError> {
     };
     // Before the device's first use, which is when cubecl reads it.
     cubecl_runtime::tune::set_first_that_runs(software);
+    if name != "cpu" {
+        // `--gpu-conv auto`: Burn's kernels on a software adapter, GEMMs on a real GPU.
+        use segkit_models::conv::{gpu_conv, set_gpu_conv};
+        set_gpu_conv(gpu_conv().resolve(software));
+    }
     match name {
         "cpu" => Ok(cpu()),
         "wgpu" => {

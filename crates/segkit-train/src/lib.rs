@@ -6,6 +6,7 @@
 //! metrics come from one confusion matrix over a whole split.
 
 pub mod adapter_check;
+pub mod amp;
 pub mod bench;
 pub mod bnstats;
 pub mod compare;

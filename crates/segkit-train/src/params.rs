@@ -148,6 +148,26 @@ pub fn gradients_finite<M: Module>(module: &M, grads: &burn::optim::GradientsPar
     v.1.is_none_or(|t| to_f32(t)[0].is_finite())
 }
 
+/// `grads` with every gradient of `module`'s parameters multiplied by `factor` (mixed
+/// precision's unscaling, `amp`).
+pub fn scale_gradients<M: Module>(
+    module: &M,
+    grads: burn::optim::GradientsParams,
+    factor: f64,
+) -> burn::optim::GradientsParams {
+    struct Scale(burn::optim::GradientsParams, f64);
+    impl ModuleVisitor for Scale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.remove::<D>(param.id) {
+                self.0.register::<D>(param.id, g.mul_scalar(self.1));
+            }
+        }
+    }
+    let mut v = Scale(grads, factor);
+    module.visit(&mut v);
+    v.0
+}
+
 /// The paths and shapes of `module`'s float tensors, without reading values.
 pub fn shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
     struct Shapes(Path, BTreeMap<String, Vec<usize>>);

@@ -35,6 +35,9 @@ pub struct Predictor {
     pub max_side: usize,
     /// Views whose softmax is averaged (`crate::tta`); the identity alone by default.
     pub views: Vec<crate::tta::View>,
+    /// The activations' dtype: f32, or f16 with [`Predictor::with_half`] (the f16-mixed path:
+    /// f32 weights cast per layer, logits back to f32 before the softmax).
+    pub dtype: burn::tensor::DType,
 }
 
 /// Options of [`Predictor::predict`].
@@ -107,7 +110,24 @@ impl Predictor {
             tile,
             max_side: 1024,
             views: vec![crate::tta::View::IDENTITY],
+            dtype: burn::tensor::DType::F32,
         }
+    }
+
+    /// f16 activations where the device computes in f16 (`device::computes_f16`); whether it
+    /// does is the second value (on the CPU and on OpenGL it stays f32).
+    pub fn with_half(mut self) -> (Predictor, bool) {
+        let half = crate::device::computes_f16(&self.device);
+        if half {
+            self.dtype = burn::tensor::DType::F16;
+        }
+        (self, half)
+    }
+
+    /// The model's logits for `x`, computed in [`Predictor::dtype`], returned as f32.
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        use segkit_models::conv::as_dtype;
+        as_dtype(self.model.forward(as_dtype(x, self.dtype)), burn::tensor::DType::F32)
     }
 
     /// Test-time augmentation: average over the flips and quarter turns the run trained with.
@@ -128,7 +148,7 @@ impl Predictor {
         norm.apply(input, &mut data);
         let x =
             Tensor::<4>::from_data(TensorData::new(data, [1, input.channels, input.height, input.width]), &self.device);
-        to_f32(crate::tta::mean_probs(|x| self.model.forward(x), x, &self.views))
+        to_f32(crate::tta::mean_probs(|x| self.forward(x), x, &self.views))
     }
 
     /// Class probabilities `[C, H, W]` for the whole image.
@@ -222,7 +242,7 @@ impl Predictor {
         norm.apply(&inp, &mut data);
         let shape = [1, inp.channels, inp.height, inp.width];
         let x = Tensor::<4>::from_data(TensorData::new(data.clone(), shape), &self.device);
-        let logits = self.model.forward(x);
+        let logits = self.forward(x);
         let out_shape = logits.dims().to_vec();
         Ok((
             HostTensor { shape: shape.to_vec(), values: data },

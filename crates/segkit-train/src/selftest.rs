@@ -2,6 +2,9 @@
 //! a user installs a GPU driver, and what the GPU tests run on Mesa's software adapters.
 //!
 //! Every check builds the same tiny network on both devices with the same weights and data:
+//! - `kernels/long-loops`: weight gradients whose kernels loop past 65,535 iterations;
+//! - `kernels/gemm-conv`: segkit's GEMM convolution (`--gpu-conv gemm`) against Burn's on the
+//!   CPU, layer by layer, values and all three gradients;
 //! - `forward/KIND`: logits within 1e-4 relative (of the largest CPU logit);
 //! - `gradients/KIND`: the masked, class-weighted cross-entropy (void pixels in the labels) within
 //!   1e-3 relative, and every trainable parameter's gradient within 1e-3 relative (of that
@@ -9,6 +12,8 @@
 //!   that is larger: a bias before a batch norm has a gradient that is zero but for rounding);
 //! - `train/sgd`, `train/adam`: 5 steps through the real trainer (SGD with momentum, weight decay
 //!   and poly LR; Adam with cosine LR), per-step losses within 1e-3 relative;
+//! - `train/f16-mixed`: the SGD run in f16-mixed precision on the GPU against f32 on the CPU,
+//!   within [`F16_LOSS_LIMIT`];
 //! - `resume/gpu->cpu`, `resume/cpu->gpu`: a run stopped after 3 steps on one device continues on
 //!   the other with the uninterrupted run's 4th and 5th losses (1e-3 relative);
 //! - `predict`: the same mask on both, except where the CPU's two best class probabilities are
@@ -110,16 +115,20 @@ pub const LONG_LOOPS: &str = "kernels/long-loops";
 
 /// How many checks [`run`] makes.
 pub fn check_count() -> usize {
-    2 * model_cases().len() + 6
+    2 * model_cases().len() + 8
 }
 
 /// The checks of one model kind that a command using it needs: the forward checks of every case
-/// of that kind, and for training [`LONG_LOOPS`] and their gradient checks too. `adapter_check`
+/// of that kind, for training [`LONG_LOOPS`] and their gradient checks too, and [`GEMM_CONV`]
+/// where this process runs GPU convolutions as GEMMs (`--gpu-conv gemm`). `adapter_check`
 /// runs these before a run uses an adapter; `segkit selftest` runs them all.
 pub fn check_names(kind: ModelKind, gradients: bool) -> Vec<String> {
     let mut names = Vec::new();
     if gradients {
         names.push(LONG_LOOPS.to_string());
+    }
+    if segkit_models::conv::gpu_conv() != segkit_models::conv::GpuConv::Burn {
+        names.push(GEMM_CONV.to_string());
     }
     for (name, cfg, _) in model_cases() {
         if cfg.model == kind {
@@ -137,6 +146,9 @@ pub fn check_names(kind: ModelKind, gradients: bool) -> Vec<String> {
 pub fn check_kind(kind: ModelKind, gpu: &Device, gradients: bool, out: &mut dyn FnMut(CheckResult)) {
     if gradients {
         check_long_loops(gpu, out);
+    }
+    if segkit_models::conv::gpu_conv() != segkit_models::conv::GpuConv::Burn {
+        check_gemm_conv(gpu, out);
     }
     for (name, cfg, size) in model_cases() {
         if cfg.model == kind {
@@ -181,6 +193,87 @@ fn check_long_loops(gpu: &Device, out: &mut dyn FnMut(CheckResult)) {
         if ok { "" } else { "; a driver that ends long loops early (docs/GPU.md, section 3)" }
     );
     out(result(LONG_LOOPS, ok, detail, t0));
+}
+
+/// The check of mixed-precision training (`train.precision = "f16-mixed"`).
+pub const F16_MIXED: &str = "train/f16-mixed";
+
+/// How far f16-mixed losses may be from f32 ones over the 5 steps of the tiny run: f16 keeps 11
+/// significant bits (a relative rounding of 4.9e-4 per operation), which a U-Net's chain of
+/// convolutions and batch norms compounds into about 1e-3 per step; 2e-2 leaves room for five
+/// steps of trajectories that drift apart, and still fails a cast or a loss scale that is wrong
+/// (those give errors of order one).
+pub const F16_LOSS_LIMIT: f64 = 2e-2;
+
+/// The check of the GEMM convolution path ([`check_gemm_conv`]).
+pub const GEMM_CONV: &str = "kernels/gemm-conv";
+
+/// segkit's GEMM convolution (`segkit_models::gpu_conv`, what `--gpu-conv gemm` runs) on `gpu`
+/// against Burn's convolution on the CPU, whichever path the models use in this process: values
+/// within 1e-4 and the input, weight and bias gradients within 1e-3 relative, for a 3x3
+/// "same" layer, an unpadded one (U-Net), conv1_1's padding of 100 (an input gradient that
+/// crops), fc6's 7x7 and a 1x1 score layer, the second with im2col chunks of one image and of
+/// a few rows (a budget of 4096 elements for that case).
+fn check_gemm_conv(gpu: &Device, out: &mut dyn FnMut(CheckResult)) {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use segkit_models::gpu_conv;
+    let t0 = Instant::now();
+    // (n, c_in, c_out, size, k, pad, im2col budget in elements; 0: the default)
+    let cases = [
+        (2, 3, 8, 30, 3, 1, 0),
+        (2, 4, 6, 20, 3, 0, 4096),
+        (1, 3, 4, 6, 3, 100, 0),
+        (2, 8, 16, 9, 7, 0, 0),
+        (2, 8, 4, 10, 1, 0, 0),
+    ];
+    let mut worst = (String::from("-"), 0f64);
+    let mut ok = true;
+    for (i, &(n, c_in, c_out, size, k, pad, budget)) in cases.iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(17 + i as u64);
+        let mut draw = |len: usize| (0..len).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let out_size = size + 2 * pad + 1 - k;
+        let (x, w, b, dy) =
+            (draw(n * c_in * size * size), draw(c_out * c_in * k * k), draw(c_out), draw(n * c_out * out_size * out_size));
+        let run = |d: &Device, gemm: bool| {
+            let d = d.clone().autodiff();
+            let t = |v: &Vec<f32>, shape: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v.clone(), shape), &d);
+            let xt = t(&x, [n, c_in, size, size]).require_grad();
+            let wt = t(&w, [c_out, c_in, k, k]).require_grad();
+            let bt = Tensor::<1>::from_data(TensorData::new(b.clone(), [c_out]), &d).require_grad();
+            let y = if gemm {
+                gpu_conv::conv2d_gemm(xt.clone(), wt.clone(), bt.clone(), [pad, pad])
+            } else {
+                conv2d(xt.clone(), wt.clone(), Some(bt.clone()), ConvOptions::new([1, 1], [pad, pad], [1, 1], 1))
+            };
+            let dyt = t(&dy, [n, c_out, out_size, out_size]);
+            let grads = (y.clone() * dyt).sum().backward();
+            let g4 = |p: &Tensor<4>| p.grad(&grads).map(|g| to_f32(g)).unwrap_or_default();
+            let g1 = bt.grad(&grads).map(|g| to_f32(g)).unwrap_or_default();
+            [to_f32(y.inner()), g4(&xt), g4(&wt), g1]
+        };
+        if budget > 0 {
+            gpu_conv::set_cols_budget(budget);
+        }
+        let got = run(gpu, true);
+        if budget > 0 {
+            gpu_conv::reset_cols_budget();
+        }
+        let want = run(&Device::flex(), false);
+        for (j, (what, limit)) in [("output", 1e-4), ("input gradient", 1e-3), ("weight gradient", 1e-3), ("bias gradient", 1e-3)].into_iter().enumerate() {
+            let d = rel_diff(&got[j], &want[j]);
+            let fine = d <= limit && !want[j].is_empty();
+            ok &= fine;
+            if !fine || d > worst.1 || d.is_nan() {
+                worst = (format!("{k}x{k} pad {pad} {what}"), d);
+            }
+        }
+    }
+    if crate::fault::wrong_gpu_gradient() {
+        (ok, worst) = (false, ("3x3 pad 1 weight gradient (SEGKIT_FAULT)".into(), 1.0));
+    }
+    let detail = format!("{} layer shapes, worst {} {:.2e} relative (limits 1e-4 values, 1e-3 gradients)", cases.len(), worst.0, worst.1);
+    out(result(GEMM_CONV, ok, detail, t0));
 }
 
 /// Forward and (with `gradients`) gradient checks for one model case.
@@ -400,6 +493,33 @@ fn check_training(gpu_name: &str, scratch: &Path, report: &mut dyn FnMut(&CheckR
     }
     let Some((full, cpu_dir)) = cpu_sgd else { return };
 
+    // Mixed precision on the GPU against f32 on the CPU: the same 5 SGD steps. (On the CPU the
+    // trainer keeps f32, so CPU against CPU proves the wiring, not f16.)
+    let t0 = Instant::now();
+    let f16 = gpu_name == "cpu" || device::select(gpu_name).is_ok_and(|(d, _)| device::computes_f16(&d));
+    if !f16 {
+        let detail = "the adapter has no f16 arithmetic: f16-mixed runs train in f32 on it (nothing to check)";
+        push(result(F16_MIXED, true, detail.into(), t0), out);
+    } else {
+        let mixed = tiny_run(scratch, "sgd-f16", gpu_name, "sgd").and_then(|mut c| {
+            c.train.precision = crate::amp::Precision::F16Mixed;
+            losses(c, None, usize::MAX)
+        });
+        match mixed {
+            Ok((b, _)) => {
+                let d = max_rel(&b, &full);
+                let ok = d <= F16_LOSS_LIMIT && b.len() == 5;
+                let detail = format!(
+                    "losses gpu f16-mixed [{}] cpu f32 [{}]: {d:.2e} relative (limit {F16_LOSS_LIMIT:.0e})",
+                    fmt_losses(&b),
+                    fmt_losses(&full)
+                );
+                push(result(F16_MIXED, ok, detail, t0), out);
+            }
+            Err(e) => push(fail(F16_MIXED, e.to_string(), t0), out),
+        }
+    }
+
     // Stop after step 3 on one device, continue on the other: steps 4 and 5 as uninterrupted.
     for (first, second, label) in [(gpu_name, "cpu", "resume/gpu->cpu"), ("cpu", gpu_name, "resume/cpu->gpu")] {
         let t0 = Instant::now();
@@ -498,6 +618,10 @@ fn run_checks(
         report(&r);
         out.push(r);
     });
+    check_gemm_conv(&gpu, &mut |r| {
+        report(&r);
+        out.push(r);
+    });
     for (name, cfg, size) in model_cases() {
         check_model(name, &cfg, size, &gpu, true, &mut |r| {
             report(&r);
@@ -525,7 +649,7 @@ mod tests {
         }
         let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
         for want in
-            [LONG_LOOPS, "forward/fcn8s-atonce", "gradients/unet-padded-bn", "train/adam", "resume/cpu->gpu", "predict"]
+            [LONG_LOOPS, GEMM_CONV, "forward/fcn8s-atonce", "gradients/unet-padded-bn", "train/adam", F16_MIXED, "resume/cpu->gpu", "predict"]
         {
             assert!(names.contains(&want), "{names:?}");
         }

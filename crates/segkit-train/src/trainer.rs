@@ -15,11 +15,13 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorData};
 use segkit_data::synth::mix_seed;
 use segkit_data::{Dataset, LoaderSpec};
+use segkit_models::conv::as_dtype;
 use segkit_models::{ModelKind, SegModel};
 
+use crate::amp::{LossScaler, Precision};
 use crate::checkpoint::{Checkpoint, ClassInfo, MetricsRow, TrainState};
 use crate::config::RunConfig;
 use crate::eval::{evaluate, train_window};
@@ -69,6 +71,14 @@ pub enum Event<'a> {
     Saved {
         path: &'a Path,
     },
+    /// Mixed precision: a step whose f16 gradients overflowed, skipped (no update); the loss scale
+    /// is now `scale`.
+    Overflow {
+        step: usize,
+        total: usize,
+        scale: f32,
+        overflows: usize,
+    },
     /// A step whose loss or gradient was not finite, skipped (`train.skip_nonfinite`): no update.
     Skipped {
         step: usize,
@@ -101,7 +111,7 @@ pub struct TrainOptions {
 
 /// Keys a resume may change without changing what the steps compute: how long to train, how
 /// often to validate and save, how to load data and where to run.
-const RESUME_HARMLESS: [&str; 14] = [
+const RESUME_HARMLESS: [&str; 15] = [
     "train.epochs",
     "train.max_steps",
     "train.val_every",
@@ -112,6 +122,8 @@ const RESUME_HARMLESS: [&str; 14] = [
     "train.workers",
     "train.prefetch",
     "train.device",
+    // Checkpoints are f32 whatever the precision (amp.rs).
+    "train.precision",
     "train.grid_images",
     "train.val_limit",
     "train.bn_recalibrate",
@@ -324,6 +336,21 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     let mut notes = Vec::new();
     let (device, device_desc) = device::select(&cfg.train.device)?;
     let ad = device.clone().autodiff();
+    let on_cpu = matches!(device.clone().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_));
+    if cfg.train.precision != Precision::F32 {
+        // What the run does is what its stored config says (amp.rs: the CPU keeps f32).
+        let why = if on_cpu {
+            Some("the CPU trains in f32 (mixed precision is for GPUs)")
+        } else if !device::computes_f16(&device) {
+            Some("this GPU has no f16 arithmetic, so it trains in f32")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            notes.push(format!("train.precision = \"{}\": {why}", cfg.train.precision.name()));
+            cfg.train.precision = Precision::F32;
+        }
+    }
     let t = &cfg.train;
 
     // Data.
@@ -448,7 +475,7 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
     } else {
         None
     };
-    let step_spec = StepSpec::new(&cfg, weights.as_deref(), ds.classes.ignore_index, &ad);
+    let mut step_spec = StepSpec::new(&cfg, weights.as_deref(), ds.classes.ignore_index, &ad);
     let weights_eval = weights.as_ref().map(|w| Tensor::<1>::from_data(TensorData::new(w.clone(), [w.len()]), &device));
 
     // Model, optimiser, position: fresh, initialised from another run, or resumed.
@@ -574,6 +601,15 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             "train.bn_recalibrate: the model has no batch norm, nothing to recalibrate".into()
         });
     }
+    // The loss scale continues where the checkpoint left it (a fresh one after an f32 run).
+    step_spec.scaler = LossScaler::resume(state.loss_scale, state.scale_good_steps, state.overflow_skips);
+    if t.precision == Precision::F16Mixed {
+        notes.push(format!(
+            "f16-mixed: f16 compute, f32 master weights, loss scale {} (x2 every {} steps without overflow)",
+            step_spec.scaler.scale(),
+            crate::amp::GROWTH_INTERVAL
+        ));
+    }
     let resumed_at = opts.resume.as_ref().map(|_| state.step);
     let run = Run { cfg: cfg.clone(), dir: dir.clone(), classes, device: device.clone(), saved: resumed_at.into() };
 
@@ -659,6 +695,17 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
                     state.interval_steps += 1;
                     Some(loss)
                 }
+                // Mixed precision's overflow is routine (the scale finds its level this way): the
+                // step is skipped, counted, and the run goes on.
+                StepOutcome::Overflow { scale } => {
+                    obs.event(Event::Overflow {
+                        step: state.step + 1,
+                        total: total_steps,
+                        scale,
+                        overflows: step_spec.scaler.overflows(),
+                    });
+                    None
+                }
                 // A non-finite loss or gradient never reaches the weights: the step stops the
                 // run, or, within `train.skip_nonfinite`, is skipped whole.
                 StepOutcome::NonFinite { what, value } => {
@@ -686,6 +733,11 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             };
             state.step += 1;
             state.batch = k + 1;
+            (state.loss_scale, state.scale_good_steps, state.overflow_skips) = if t.precision == Precision::F16Mixed {
+                (step_spec.scaler.scale() as f64, step_spec.scaler.good_steps(), step_spec.scaler.overflows())
+            } else {
+                (state.loss_scale, state.scale_good_steps, state.overflow_skips)
+            };
             crate::fault::after_step(state.step);
             let secs = tick.elapsed().as_secs_f64().max(1e-9);
             if let Some(group_loss) = group_loss {
@@ -786,6 +838,10 @@ pub struct StepSpec {
     pub accum: usize,
     /// The run's seed: dropout is seeded from (seed, step, batch of the step).
     pub seed: u64,
+    /// `train.precision` as the device runs it (f32 on the CPU).
+    pub precision: Precision,
+    /// Mixed precision's dynamic loss scale (used under f16-mixed only).
+    pub scaler: LossScaler,
 }
 
 impl StepSpec {
@@ -797,6 +853,8 @@ impl StepSpec {
             reduction: cfg.train.loss,
             accum: cfg.train.accum_steps,
             seed: cfg.train.seed,
+            precision: cfg.train.precision,
+            scaler: LossScaler::resume(0.0, 0, 0),
         }
     }
 }
@@ -823,11 +881,17 @@ pub enum StepOutcome {
     Updated { loss: f32 },
     /// A batch's loss or the gradients were not finite: the weights are unchanged.
     NonFinite { what: &'static str, value: f32 },
+    /// Mixed precision: the scaled f16 gradients overflowed; the weights are unchanged and the
+    /// loss scale has been halved (it is now `scale`).
+    Overflow { scale: f32 },
 }
 
 /// One optimiser step: for each batch (more than one with gradient accumulation) dropout is
 /// seeded from (seed, step, batch), then forward, loss divided by the accumulation count,
 /// backward, with the loss and the gradients checked for finiteness; then the update at `lr`.
+/// Under f16-mixed (`amp`) the batch enters the model as f16, the logits leave it as f32, the
+/// loss is multiplied by the loss scale before backward and the gradients divided by it before
+/// the update; scaled gradients that overflow skip the step and halve the scale.
 /// The training loop runs every step through here, and so does `tests/parity.rs`, with
 /// PyTorch's batches, against PyTorch's losses and weights.
 pub fn optimiser_step<B: Into<StepBatch>>(
@@ -842,10 +906,12 @@ pub fn optimiser_step<B: Into<StepBatch>>(
     let mut single = None;
     let mut total = 0f32;
     let n = batches.len();
+    let dtype = spec.precision.compute_dtype();
+    let scale = (spec.precision == Precision::F16Mixed).then(|| spec.scaler.scale());
     for (i, batch) in batches.into_iter().enumerate() {
         let StepBatch { images: x, labels: y, border } = batch.into();
         x.device().seed(mix_seed(spec.seed, (step * spec.accum + i) as u64));
-        let logits = model.forward(x);
+        let logits = as_dtype(model.forward(as_dtype(x, dtype)), DType::F32);
         let mut loss = cross_entropy_weighted(logits, y, spec.ignore, spec.weights.as_ref(), border, spec.reduction);
         if spec.accum > 1 {
             loss = loss.div_scalar(spec.accum as f64);
@@ -854,8 +920,16 @@ pub fn optimiser_step<B: Into<StepBatch>>(
         if !value.is_finite() {
             return (model, StepOutcome::NonFinite { what: "loss", value });
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let scaled = match scale {
+            Some(s) => loss.mul_scalar(s as f64),
+            None => loss,
+        };
+        let grads = GradientsParams::from_grads(scaled.backward(), &model);
         if !params::gradients_finite(&model, &grads) {
+            if scale.is_some() {
+                spec.scaler.overflowed();
+                return (model, StepOutcome::Overflow { scale: spec.scaler.scale() });
+            }
             return (model, StepOutcome::NonFinite { what: "gradient", value: f32::NAN });
         }
         total += value;
@@ -865,7 +939,11 @@ pub fn optimiser_step<B: Into<StepBatch>>(
             single = Some(grads);
         }
     }
-    let grads = single.unwrap_or_else(|| acc.grads());
+    let mut grads = single.unwrap_or_else(|| acc.grads());
+    if let Some(s) = scale {
+        grads = params::scale_gradients(&model, grads, 1.0 / s as f64);
+        spec.scaler.finite();
+    }
     (opt.step(lr, model, grads), StepOutcome::Updated { loss: total })
 }
 
@@ -924,6 +1002,8 @@ fn validate_and_save(
         mean_dice: scores.mean_dice,
         lr: v.sched.lr(state.step.saturating_sub(1)),
         elapsed_s: v.elapsed0 + v.started.elapsed().as_secs_f64(),
+        loss_scale: if run.cfg.train.precision == Precision::F16Mixed { state.loss_scale } else { f64::NAN },
+        overflow_skips: state.overflow_skips,
     };
     (state.interval_loss_sum, state.interval_steps) = (0.0, 0);
     let best = scores.mean_iou.is_finite() && (state.history.is_empty() || scores.mean_iou > state.best_miou);

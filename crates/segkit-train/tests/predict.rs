@@ -30,7 +30,16 @@ fn predictor(overrides: &[&str], tile: usize, max_side: usize) -> Predictor {
         colors: (0..4).map(segkit_data::classes::voc_color).collect(),
         ignore_index: 255,
     };
-    Predictor { config, classes, model, device, tile, max_side, views: vec![segkit_train::tta::View::IDENTITY] }
+    Predictor {
+        config,
+        classes,
+        model,
+        device,
+        tile,
+        max_side,
+        views: vec![segkit_train::tta::View::IDENTITY],
+        dtype: burn::tensor::DType::F32,
+    }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -55,12 +55,15 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
-fn child(api: &str) {
+/// The checks on `api` in a child test process, with `--gpu-conv` `conv` (auto: Burn's kernels on
+/// the suite's software adapters; gemm: segkit's GEMM convolutions in every model check).
+fn child(api: &str, conv: &str) {
     use std::io::Read;
     let exe = std::env::current_exe().expect("test binary path");
     let mut proc = std::process::Command::new(exe)
         .args(["--exact", "gpu_checks_in_child", "--ignored", "--nocapture", "--test-threads=1"])
         .env("SEGKIT_TEST_GPU", api)
+        .env("SEGKIT_TEST_GPU_CONV", conv)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -120,7 +123,7 @@ fn child(api: &str) {
         Some(0) if text.contains("NO-ADAPTER") => not_run(format!(
             "no {api} adapter; run scripts/install-vulkan-cpu.sh (Mesa's lavapipe and llvmpipe) to run the GPU tests"
         )),
-        Some(0) => say(&format!("{api} GPU tests passed on {driver}:\n{text}")),
+        Some(0) => say(&format!("{api} GPU tests (--gpu-conv {conv}) passed on {driver}:\n{text}")),
         // Wrong values on a driver the suite did not install: the adapter's failure, which segkit
         // handles by refusing to train on it. Reported, not failed, outside CI.
         Some(_) if !require && !ours && text.contains("FAIL ") => {
@@ -144,12 +147,22 @@ fn child(api: &str) {
 
 #[test]
 fn gpu_path_on_vulkan_spirv() {
-    child("vulkan");
+    child("vulkan", "auto");
+}
+
+#[test]
+fn gpu_path_on_vulkan_spirv_gemm_conv() {
+    child("vulkan", "gemm");
 }
 
 #[test]
 fn gpu_path_on_wgpu_wgsl() {
-    child("wgpu");
+    child("wgpu", "auto");
+}
+
+#[test]
+fn gpu_path_on_wgpu_wgsl_gemm_conv() {
+    child("wgpu", "gemm");
 }
 
 /// WGSL translated to GLSL, on Mesa's llvmpipe (OpenGL): 17 of 17 checks pass with Mesa 25.0.7
@@ -157,13 +170,16 @@ fn gpu_path_on_wgpu_wgsl() {
 /// FCN gradient checks (docs/GPU.md, section 3), which outside CI is reported, not failed.
 #[test]
 fn gpu_path_on_opengl() {
-    child("opengl");
+    child("opengl", "auto");
 }
 
 #[test]
 #[ignore = "run in a child process by gpu_path_on_*"]
 fn gpu_checks_in_child() {
     let api = std::env::var("SEGKIT_TEST_GPU").expect("SEGKIT_TEST_GPU names the device");
+    let conv = std::env::var("SEGKIT_TEST_GPU_CONV").unwrap_or_else(|_| "auto".into());
+    let conv = segkit_models::conv::GpuConv::parse(&conv).expect("SEGKIT_TEST_GPU_CONV: auto, gemm or burn");
+    segkit_models::conv::set_gpu_conv(conv);
     let opened = segkit_train::device::select(&api);
     let Ok((device, _)) = opened else {
         println!("NO-ADAPTER");
@@ -183,6 +199,12 @@ fn gpu_checks_in_child() {
     assert!(failed.is_empty(), "failed checks: {failed:?}");
     // Every model kind and every training check ran.
     assert_eq!(results.len(), selftest::check_count(), "{results:?}");
+    // And the models' convolutions took the path asked for (auto: Burn's on a software adapter).
+    let layer = segkit_models::layers::conv(2, 2, 3, 1, &device);
+    let x = burn::tensor::Tensor::<4>::zeros([1, 2, 4, 4], &device);
+    let software = Api::of(&api).and_then(adapter_for).is_some_and(|a| a.is_software());
+    let want = conv.resolve(software) == segkit_models::conv::GpuConv::Gemm;
+    assert_eq!(segkit_models::conv::takes_gemm(&layer, &x), want, "--gpu-conv {conv} on a software adapter: {software}");
 }
 
 /// Which adapters count as the suite's own: Mesa 24 or later's software drivers only.

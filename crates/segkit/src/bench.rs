@@ -2,6 +2,7 @@
 
 use anyhow::{Result, bail};
 use segkit_models::{ModelConfig, ModelKind};
+use segkit_train::amp::Precision;
 use segkit_train::bench::{self, Mode};
 use segkit_train::device;
 
@@ -39,6 +40,10 @@ pub struct Args {
     /// Untimed warm-up steps (autotune, kernel compilation).
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// f32 or f16-mixed (f16 compute with f32 master weights and a loss scale, as
+    /// `train.precision`; inference runs f16 activations). The CPU runs f32.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16-mixed"])]
+    precision: String,
     /// train (forward + loss + backward + SGD update) or infer.
     #[arg(long, default_value = "train")]
     mode: String,
@@ -120,13 +125,22 @@ pub fn run(a: Args) -> Result<i32> {
     };
     let (dev, desc) = device::select(&crate::device::vet(&a.device, &usage)?)?;
     let bar = progress::bar((a.warmup + a.steps) as u64, "bench");
-    let r = bench::run(&cfg, size, a.batch, mode, a.warmup, a.steps, &dev, &desc, |d, _| bar.set_position(d as u64))?;
+    let precision = if a.precision == "f16-mixed" { Precision::F16Mixed } else { Precision::F32 };
+    let r = bench::run(&cfg, size, a.batch, mode, precision, a.warmup, a.steps, &dev, &desc, |d, _| {
+        bar.set_position(d as u64)
+    })?;
     bar.finish_and_clear();
     println!("{} {:?} batch {} at {}x{} on {}", r.model, r.mode, r.batch, r.height, r.width, r.device);
     println!("median        {:.1} ms/step over {} steps ({} warm-up)", r.ms_per_step, r.steps, r.warmup);
     println!("throughput    {:.2} images/s", r.images_per_s);
     println!("compute       {:.3} TFLOP/s ({:.1} GFLOP per step)", r.tflops, r.gflop_per_step);
     println!("peak memory   {:.0} MiB ({})", r.peak_memory_mb, r.memory_source);
+    println!(
+        "kernels       {} precision, convolutions: {}{}",
+        r.precision,
+        r.gpu_conv,
+        if r.peak_im2col_mb > 0.0 { format!(" (largest im2col chunk {:.0} MiB)", r.peak_im2col_mb) } else { String::new() }
+    );
     if let Some([f, b, o]) = r.phase_ms {
         println!(
             "phases        forward + loss {f:.1} ms, backward {b:.1} ms, optimiser {o:.1} ms (median, synchronised between)"

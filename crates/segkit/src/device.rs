@@ -226,6 +226,8 @@ pub fn vet(name: &str, usage: &Use) -> Result<String> {
     let purpose = if usage.purpose == Purpose::Train { "train" } else { "infer" };
     let mut cmd = Command::new(exe);
     cmd.args(["__probe-device", name, "--purpose", purpose, "--kinds", &kinds.join(",")]);
+    // The child checks the convolution path this process will run.
+    cmd.args(["--gpu-conv", segkit_models::conv::gpu_conv().name()]);
     if usage.trust {
         cmd.arg("--trust");
     }

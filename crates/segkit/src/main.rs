@@ -12,6 +12,7 @@ mod device;
 mod eval;
 mod export;
 mod import;
+mod logging;
 mod pipe;
 mod predict;
 mod progress;
@@ -26,6 +27,12 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How convolutions run on a GPU: `gemm`, im2col and Burn's tuned matrix multiply for the
+    /// forward pass and both gradients, or `burn`, Burn's own convolution kernels; `auto` (the
+    /// default): gemm on a hardware GPU, burn on a software adapter (docs/GPU.md, "Convolution
+    /// kernels"). No effect on the CPU.
+    #[arg(long, global = true, value_parser = ["auto", "gemm", "burn"])]
+    gpu_conv: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -63,7 +70,11 @@ fn main() {
     // Before anything allocates a tensor or starts a thread (see alloc.rs).
     alloc::tune_for_tensors();
     pipe::exit_on_closed_stdout();
+    logging::from_env();
     let cli = Cli::parse();
+    if let Some(choice) = cli.gpu_conv.as_deref().and_then(segkit_models::conv::GpuConv::parse) {
+        segkit_models::conv::set_gpu_conv(choice);
+    }
     let result = match cli.command {
         Command::Summary(a) => summary::run(a),
         Command::Data(c) => data::run(c),

@@ -42,6 +42,10 @@ pub struct Args {
     /// trained with (up to 8 views, as the U-Net paper's ISBI submission); that many times slower.
     #[arg(long)]
     tta: bool,
+    /// f16 activations on a GPU that computes in f16 (weights stay f32 and are cast per layer,
+    /// as in f16-mixed training); f32 elsewhere, with a note.
+    #[arg(long)]
+    half: bool,
 }
 
 const IMAGE_EXT: [&str; 7] = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"];
@@ -81,6 +85,13 @@ pub fn run(a: Args) -> Result<i32> {
     if a.tta {
         predictor = predictor.with_tta();
     }
+    if a.half {
+        let (p, half) = predictor.with_half();
+        predictor = p;
+        if !half {
+            eprintln!("note: --half: this device has no f16 arithmetic; predicting in f32");
+        }
+    }
     if let Some(t) = a.tile {
         predictor.tile = t;
     }
@@ -94,6 +105,9 @@ pub fn run(a: Args) -> Result<i32> {
     );
     if a.tta {
         println!("test-time augmentation: the mean of {} views", predictor.views.len());
+    }
+    if predictor.dtype != burn::tensor::DType::F32 {
+        println!("f16 activations (--half)");
     }
     let opts = PredictOptions { min_area: a.min_area, skip_classes: a.skip.clone() };
     let bar = progress::bar(files.len() as u64, "predict");

@@ -64,10 +64,12 @@ pub fn run(a: Args) -> Result<i32> {
         None => println!("device {name}: no adapter reported by wgpu"),
     }
     println!("segkit {}, {STACK}", env!("CARGO_PKG_VERSION"));
+    let gpu_conv = segkit_models::conv::gpu_conv().name();
+    println!("convolutions on the GPU: {gpu_conv} (--gpu-conv; auto: gemm on a hardware GPU, burn on a software adapter)");
 
     let exe = std::env::current_exe().context("finding the segkit executable")?;
     let mut child = Command::new(exe)
-        .args(["selftest", "--child", "--device", &name])
+        .args(["selftest", "--child", "--device", &name, "--gpu-conv", gpu_conv])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the selftest")?;

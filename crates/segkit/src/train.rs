@@ -172,6 +172,15 @@ impl Observer for Progress {
                 }
             }
             Event::Saved { .. } => {}
+            Event::Overflow { step, total, scale, overflows } => {
+                let text = format!(
+                    "step {step}/{total}: f16 gradients overflowed, step skipped; loss scale now {scale} ({overflows} skipped in this run)"
+                );
+                match &self.bar {
+                    Some(b) => b.println(text),
+                    None => println!("{text}"),
+                }
+            }
             Event::Skipped { step, total, what, skipped, limit } => {
                 let text = format!(
                     "warning: step {step}/{total} skipped: its {what} was not finite ({skipped} of at most {limit} skipped)"

@@ -64,15 +64,26 @@ pub struct MetricsRow {
     pub lr: f64,
     #[serde(with = "nan_as_null")]
     pub elapsed_s: f64,
+    /// Mixed precision: the loss scale at this row (empty under f32; absent in checkpoints of
+    /// earlier versions).
+    #[serde(with = "nan_as_null", default = "nan")]
+    pub loss_scale: f64,
+    /// Mixed precision: steps skipped so far because their f16 gradients overflowed.
+    #[serde(default)]
+    pub overflow_skips: usize,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 impl MetricsRow {
     pub const HEADER: &'static str =
-        "step,epoch,train_loss,val_loss,pixel_acc,mean_acc,mean_iou,fw_iou,mean_dice,lr,elapsed_s";
+        "step,epoch,train_loss,val_loss,pixel_acc,mean_acc,mean_iou,fw_iou,mean_dice,lr,loss_scale,overflow_skips,elapsed_s";
 
     pub fn csv(&self) -> String {
         format!(
-            "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.1}",
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6e},{},{},{:.1}",
             self.step,
             self.epoch,
             self.train_loss,
@@ -83,6 +94,8 @@ impl MetricsRow {
             self.fw_iou,
             self.mean_dice,
             self.lr,
+            if self.loss_scale.is_finite() { format!("{}", self.loss_scale) } else { String::new() },
+            self.overflow_skips,
             self.elapsed_s
         )
     }
@@ -113,6 +126,14 @@ pub struct TrainState {
     /// Steps skipped for a non-finite loss or gradient (`train.skip_nonfinite`).
     #[serde(default)]
     pub skipped: usize,
+    /// Mixed precision's loss scale (0: none yet), its steps since the last change, and the steps
+    /// skipped because f16 gradients overflowed (`amp::LossScaler`).
+    #[serde(default)]
+    pub loss_scale: f64,
+    #[serde(default)]
+    pub scale_good_steps: usize,
+    #[serde(default)]
+    pub overflow_skips: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -379,6 +400,8 @@ mod tests {
             mean_dice: f64::INFINITY,
             lr: 1e-3,
             elapsed_s: 2.5,
+            loss_scale: f64::NAN,
+            overflow_skips: 0,
         }
     }
 
