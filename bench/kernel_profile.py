@@ -38,18 +38,27 @@ def launches(path):
     out = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            # `| 1.2ms      | name`: two fields; the summary tables have four and are skipped.
+            # `| 1.2ms | name`, where the name may itself hold ` | ` (`ReduceKernel | TensorArgs_..`,
+            # `MatmulEntry | FusedMatmulArgs | ...`); the summary tables' rows start with a name,
+            # not a duration, and are skipped.
             parts = [p.strip() for p in line.rstrip("\n").split("|")]
-            if len(parts) == 3 and parts[0] == "":
+            if len(parts) >= 3 and parts[0] == "":
                 ms = millis(parts[1])
                 if ms is not None:
-                    out.append((parts[2], ms))
+                    out.append((" | ".join(p for p in parts[2:] if p), ms))
     return out
 
 
 def short(name, width=110):
     """A kernel's name without its long generic paths, cut to `width`."""
     name = re.sub(r"[a-z_0-9]+::", "", name)
+    parts = name.split(" | ")
+    if len(parts) > 3:
+        # A matmul's name lists its whole configuration: the entry point, the argument kind and
+        # the final partitioner tell the kernels apart.
+        parts = parts[:2] + ["…", parts[-1]]
+    # `/`, not `|`, between the parts: the name goes into a Markdown table cell.
+    name = " / ".join(parts)
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
