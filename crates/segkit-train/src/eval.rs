@@ -173,6 +173,10 @@ pub struct EvalReport {
     pub loss: f64,
     pub classes: Vec<String>,
     pub scores: Scores,
+    /// Pixel counts, `confusion_matrix[true][predicted]`, over the whole split (void pixels not
+    /// counted); absent in reports of earlier versions.
+    #[serde(default)]
+    pub confusion_matrix: Vec<Vec<u64>>,
     /// The ISBI 2012 challenge's figures, for two-class data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isbi: Option<IsbiScores>,
@@ -222,6 +226,26 @@ impl EvalReport {
     pub fn write(&self, path: &Path) -> Result<(), TrainError> {
         write_atomic(path, serde_json::to_string_pretty(self).expect("serialisable").as_bytes())
     }
+}
+
+/// The rows of `cm` as `[true][predicted]` counts (an `EvalReport`'s `confusion_matrix`).
+pub fn confusion_rows(cm: &crate::ConfusionMatrix) -> Vec<Vec<u64>> {
+    cm.counts.chunks(cm.n.max(1)).map(<[u64]>::to_vec).collect()
+}
+
+/// `STEM.png` (pixel counts) and `STEM_normalized.png` (shares of each true class) in `dir`: the
+/// confusion matrix pictures of a run's best validation and of `segkit eval`.
+pub fn write_confusion_pngs(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    classes: &[String],
+    cm: &crate::ConfusionMatrix,
+) -> Result<(), TrainError> {
+    let counts = crate::plot::confusion_matrix(&format!("{title}: pixels"), classes, &cm.counts, false);
+    counts.save(&dir.join(format!("{stem}.png")))?;
+    let shares = crate::plot::confusion_matrix(&format!("{title}: share of each true class"), classes, &cm.counts, true);
+    shares.save(&dir.join(format!("{stem}_normalized.png")))
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! evaluation.
 //!
 //! Invariants: nothing here prints (progress goes to an [`trainer::Observer`]); every file this
-//! crate writes is written to a temporary name and renamed, so a kill never leaves a half file;
+//! crate writes is written to a temporary name and renamed, so a kill never leaves a half file
+//! (TensorBoard event files excepted: append-only streams, see [`tensorboard`]);
 //! metrics come from one confusion matrix over a whole split.
 
 pub mod adapter_check;
@@ -24,6 +25,7 @@ pub mod params;
 pub mod plot;
 pub mod predict;
 pub mod selftest;
+pub mod tensorboard;
 pub mod trainer;
 pub mod tta;
 

@@ -182,6 +182,62 @@ const BLACK: Rgb = [0, 0, 0];
 const GRID: Rgb = [225, 225, 225];
 const WHITE: Rgb = [255, 255, 255];
 
+/// A confusion matrix as a heat map: rows the true class, columns the predicted one, void
+/// pixels not counted (`metrics::ConfusionMatrix`). Each cell is shaded by its share of its row
+/// (the recall of the row's class on the diagonal) and shows, with `normalized`, that share, else
+/// the pixel count (k/M for thousands and millions). Class names label the rows in full and the
+/// columns as far as a cell's width allows, with each column's index under it.
+pub fn confusion_matrix(title: &str, classes: &[String], counts: &[u64], normalized: bool) -> Canvas {
+    let n = classes.len();
+    let longest = classes.iter().map(|c| c.chars().count()).max().unwrap_or(1);
+    let cell = (longest * 6 + 6).clamp(40, 84);
+    let label_w = Canvas::text_width(&format!("{} {}", n, "x".repeat(longest)), 1) + 12;
+    let (left, top) = (label_w + 16, 56);
+    let (w, h) = ((left + n * cell + 24).max(Canvas::text_width(title, 2) + 32), top + n * cell + 40);
+    let mut c = Canvas::new(w, h, WHITE);
+    c.text(16, 10, title, BLACK, 2);
+    c.text(left as isize, top as isize - 30, "predicted", BLACK, 1);
+    c.text(16, top as isize - 30, "true class", BLACK, 1);
+    let fmt_count = |v: u64| {
+        if v >= 10_000_000 {
+            format!("{}M", v / 1_000_000)
+        } else if v >= 10_000 {
+            format!("{}k", v / 1000)
+        } else {
+            v.to_string()
+        }
+    };
+    for (i, name) in classes.iter().enumerate() {
+        let y = top + i * cell;
+        c.text(16, (y + cell / 2 - 3) as isize, &format!("{i} {name}"), BLACK, 1);
+        let x = left + i * cell;
+        let fits: String = name.chars().take((cell - 10) / 6).collect();
+        c.text((x + 2) as isize, top as isize - 16, &fits, BLACK, 1);
+        c.text((x + cell / 2 - 3) as isize, (top + n * cell + 8) as isize, &i.to_string(), BLACK, 1);
+        let row = &counts[i * n..(i + 1) * n];
+        let total: u64 = row.iter().sum();
+        for (j, &v) in row.iter().enumerate() {
+            let share = if total > 0 { v as f64 / total as f64 } else { 0.0 };
+            // White to a dark blue, by the share of the row.
+            let shade = |full: u8| (255.0 - (255.0 - full as f64) * share).round() as u8;
+            let color = [shade(8), shade(48), shade(107)];
+            let (x, y) = (left + j * cell, top + i * cell);
+            c.rect(x as isize, y as isize, cell - 1, cell - 1, color);
+            let label = if total == 0 {
+                "-".to_string()
+            } else if normalized {
+                format!("{share:.2}")
+            } else {
+                fmt_count(v)
+            };
+            let ink = if share > 0.5 { WHITE } else { BLACK };
+            let tw = Canvas::text_width(&label, 1);
+            c.text((x + cell.saturating_sub(tw) / 2) as isize, (y + cell / 2 - 3) as isize, &label, ink, 1);
+        }
+    }
+    c
+}
+
 /// A series of a line chart.
 pub struct Series {
     pub name: String,

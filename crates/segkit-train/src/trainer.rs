@@ -30,6 +30,7 @@ use crate::metrics::Scores;
 use crate::optim::{LrSchedule, Optimizer};
 use crate::params::{self, HostTensor, to_f32};
 use crate::plot::{self, Series};
+use crate::tensorboard::EventWriter;
 use crate::{TrainError, device, write_atomic};
 
 /// What the loop reports; the CLI turns these into progress bars and lines.
@@ -226,6 +227,8 @@ struct Run {
     device: Device,
     /// The step of the newest checkpoint written or resumed from.
     saved: std::cell::Cell<Option<usize>>,
+    /// This process's TensorBoard event file (`tensorboard.rs`).
+    events: std::cell::RefCell<EventWriter>,
 }
 
 /// The newest readable checkpoint of `dir`: `last`, or, when that one is unreadable (a disk
@@ -328,6 +331,61 @@ impl Run {
         );
         miou.save(&self.dir.join("miou.png"))
     }
+}
+
+/// One start of a run (a fresh run or a resume), as `run.json` lists them, so that two runs can
+/// be told apart later: what was run, by which build, on which device and data.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Session {
+    /// Seconds since 1970 (UTC).
+    pub started: u64,
+    /// The process's command line, as given.
+    pub command: Vec<String>,
+    pub segkit_version: String,
+    /// The git commit segkit was built from (`-dirty`: with uncommitted changes), empty outside
+    /// a checkout.
+    pub git_commit: String,
+    /// The device line (`device::select`'s description).
+    pub device: String,
+    /// The step the session started from (0: a fresh run).
+    pub from_step: usize,
+    /// The data: its root, the number of training and validation samples, and a CRC-32 of their
+    /// ids and paths in split order (any added, removed, renamed or reordered file changes it).
+    pub data_root: String,
+    pub train_samples: usize,
+    pub val_samples: usize,
+    pub split_crc32: String,
+}
+
+/// `run.json`: every [`Session`] of the run, oldest first.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RunMeta {
+    pub sessions: Vec<Session>,
+}
+
+fn split_fingerprint(train: &[segkit_data::SampleRef], val: &[segkit_data::SampleRef]) -> String {
+    let mut h = crc32fast::Hasher::new();
+    for (tag, samples) in [("train", train), ("val", val)] {
+        h.update(tag.as_bytes());
+        for s in samples {
+            h.update(s.id.as_bytes());
+            h.update(&[0]);
+            if let Some(p) = &s.image {
+                h.update(p.to_string_lossy().as_bytes());
+            }
+            h.update(&[0]);
+        }
+    }
+    format!("{:08x}", h.finalize())
+}
+
+/// Adds this session to `dir/run.json` (a damaged or missing file starts a new list).
+fn record_session(dir: &Path, session: Session) -> Result<(), TrainError> {
+    let path = dir.join("run.json");
+    let mut meta: RunMeta =
+        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    meta.sessions.push(session);
+    write_atomic(&path, serde_json::to_string_pretty(&meta).expect("serialisable").as_bytes())
 }
 
 /// Trains `cfg` (or resumes `opts.resume`), reporting to `obs`.
@@ -611,7 +669,32 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
         ));
     }
     let resumed_at = opts.resume.as_ref().map(|_| state.step);
-    let run = Run { cfg: cfg.clone(), dir: dir.clone(), classes, device: device.clone(), saved: resumed_at.into() };
+    record_session(
+        &dir,
+        Session {
+            started: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            command: std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect(),
+            segkit_version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: env!("SEGKIT_GIT_COMMIT").into(),
+            device: device_desc.clone(),
+            from_step: state.step,
+            data_root: cfg.data.root.clone(),
+            train_samples: train_samples.len(),
+            val_samples: val_samples.len(),
+            split_crc32: split_fingerprint(&train_samples, &val_samples),
+        },
+    )?;
+    // A resumed run computes from the step after its checkpoint: TensorBoard drops what the
+    // earlier files hold from there on (tensorboard.rs).
+    let events = EventWriter::create(&dir, resumed_at.map(|s| s + 1))?;
+    let run = Run {
+        cfg: cfg.clone(),
+        dir: dir.clone(),
+        classes,
+        device: device.clone(),
+        saved: resumed_at.into(),
+        events: events.into(),
+    };
 
     let batches = spec.batches_per_epoch();
     let accum = t.accum_steps;
@@ -741,6 +824,17 @@ pub fn train(cfg: RunConfig, opts: TrainOptions, obs: &mut dyn Observer) -> Resu
             crate::fault::after_step(state.step);
             let secs = tick.elapsed().as_secs_f64().max(1e-9);
             if let Some(group_loss) = group_loss {
+                let mixed = t.precision == Precision::F16Mixed;
+                run.events.borrow_mut().scalars(
+                    state.step,
+                    &[
+                        ("train/loss", group_loss as f64),
+                        ("train/lr", lr),
+                        ("train/images_per_s", images as f64 / secs),
+                        ("train/step_s", secs),
+                        ("train/loss_scale", if mixed { state.loss_scale } else { f64::NAN }),
+                    ],
+                )?;
                 obs.event(Event::Step {
                     step: state.step,
                     total: total_steps,
@@ -1014,6 +1108,24 @@ fn validate_and_save(
     state.elapsed_s = row.elapsed_s;
     state.history.push(row.clone());
     run.write_metrics(&state.history)?;
+    {
+        let mut values: Vec<(String, f64)> = [
+            ("val/loss", row.val_loss),
+            ("val/pixel_acc", row.pixel_acc),
+            ("val/mean_acc", row.mean_acc),
+            ("val/mean_iou", row.mean_iou),
+            ("val/fw_iou", row.fw_iou),
+            ("val/mean_dice", row.mean_dice),
+            ("train/interval_loss", row.train_loss),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .to_vec();
+        for (name, iou) in run.classes.names.iter().zip(&scores.class_iou) {
+            values.push((format!("val/iou/{name}"), iou.unwrap_or(f64::NAN)));
+        }
+        let values: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        run.events.borrow_mut().scalars(state.step, &values)?;
+    }
     if !pass.kept.is_empty() {
         let colors = &run.classes.colors;
         let rows: Vec<Vec<segkit_data::ImageBuf>> = pass
@@ -1034,6 +1146,11 @@ fn validate_and_save(
             cell,
         );
         grid.save(&run.dir.join("val_samples.png"))?;
+        run.events.borrow_mut().image(state.step, "val/samples", grid.png_bytes(), grid.width, grid.height)?;
+    }
+    if best {
+        let title = format!("{}, validation at step {}", run.cfg.name, state.step);
+        crate::eval::write_confusion_pngs(&run.dir, "confusion_matrix", &title, &run.classes.names, &pass.cm)?;
     }
     obs.event(Event::Validated { row: &row, scores: &scores, classes: &run.classes.names, best });
     run.save(model, opt, state, obs)?;

@@ -74,6 +74,7 @@ pub fn run(a: Args) -> Result<i32> {
         loss: pass.loss,
         classes: loaded.classes.names.clone(),
         scores,
+        confusion_matrix: segkit_train::eval::confusion_rows(&pass.cm),
         isbi: pass.isbi.as_ref().map(|a| a.scores()),
         tta_views: a.tta.then_some(pass.views),
         bn_recalibrated: recalibrated,
@@ -82,6 +83,10 @@ pub fn run(a: Args) -> Result<i32> {
     let written = a.run.join(EvalOptions { bn_recalibrate: recalibrated.unwrap_or(0), ..opts }.report_name(&a.split));
     if a.run.is_dir() {
         report.write(&written)?;
+        let stem = written.file_stem().map_or("eval".into(), |s| s.to_string_lossy().into_owned());
+        let stem = format!("confusion_matrix_{stem}");
+        let title = format!("{} split", a.split);
+        segkit_train::eval::write_confusion_pngs(&a.run, &stem, &title, &report.classes, &pass.cm)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

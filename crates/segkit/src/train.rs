@@ -209,7 +209,7 @@ fn summary(run_dir: &std::path::Path, best_step: usize) {
         );
     }
     println!(
-        "run directory: {} (best.safetensors, last.safetensors, metrics.csv, loss.png, miou.png, val_samples.png)",
+        "run directory: {} (best.safetensors, last.safetensors, metrics.csv, loss.png, miou.png, val_samples.png, TensorBoard events)",
         run_dir.display()
     );
     let d = run_dir.display();
